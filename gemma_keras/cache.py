@@ -1,0 +1,150 @@
+"""The conversion cache: GGUF files converted once into Keras presets.
+
+An entry lives at `<cache>/gguf/<sha256 of the file>/` and holds a KerasHub
+preset plus `gemma_keras.json`, which is written last and lists every file
+with its size. An entry is only trusted when that manifest exists and
+matches, so a conversion killed half-way is rebuilt, never used.
+
+Entries are built in a temporary directory beside the final one and moved
+into place with one `rename`; a lock file keeps two processes from
+converting the same file at once.
+
+The cache lives in `$GEMMA_KERAS_CACHE`, else `$XDG_CACHE_HOME/gemma_keras`,
+else `~/.cache/gemma_keras`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gemma_keras.errors import CacheError
+
+MANIFEST = "gemma_keras.json"
+FORMAT_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """The root of the cache (not created)."""
+    env = os.environ.get("GEMMA_KERAS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "gemma_keras"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(entry: Path) -> dict[str, Any] | None:
+    """The entry's manifest when the entry is complete and intact, else None."""
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            return None
+        for name, size in manifest["files"].items():
+            if (entry / name).stat().st_size != size:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return manifest
+
+
+def write_manifest(entry: Path, info: dict[str, Any]) -> None:
+    files = {
+        str(p.relative_to(entry)): p.stat().st_size
+        for p in sorted(entry.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = dict(info, format_version=FORMAT_VERSION, files=files)
+    atomic_write_text(entry / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def get_or_build(
+    kind: str,
+    key: str,
+    build: Callable[[Path], dict[str, Any]],
+) -> tuple[Path, bool]:
+    """Returns `(entry_dir, built_now)` for `<cache>/<kind>/<key>`.
+
+    `build(tmp_dir)` fills a fresh directory and returns manifest extras.
+    Any exception from it leaves nothing behind in the cache.
+    """
+    root = cache_dir() / kind
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(
+            f"Cannot create the cache directory {root}: {exc}. Set "
+            "GEMMA_KERAS_CACHE to a writable directory."
+        ) from exc
+    entry = root / key
+    if read_manifest(entry) is not None:
+        return entry, False
+    with _locked(root / f".{key}.lock"):
+        # Another process may have finished the entry while we waited.
+        if read_manifest(entry) is not None:
+            return entry, False
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.", suffix=".tmp"))
+        try:
+            info = build(tmp)
+            write_manifest(tmp, info)
+            if entry.exists():  # a broken entry from an older crash
+                shutil.rmtree(entry)
+            os.rename(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return entry, True
+
+
+def clean_stale_temporaries() -> int:
+    """Removes temporary directories left by killed conversions."""
+    removed = 0
+    for kind_dir in cache_dir().glob("*"):
+        for tmp in kind_dir.glob(".*.tmp"):
+            lock = kind_dir / f".{tmp.name.split('.')[1]}.lock"
+            with _locked(lock):
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
+                    removed += 1
+    return removed

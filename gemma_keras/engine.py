@@ -1,0 +1,187 @@
+"""The decode engine: prefill and step-by-step decoding over KerasHub layers.
+
+KerasHub's `generate` compiles one loop for one `max_length`; a new length
+recompiles, and nothing comes out until the loop ends. This engine compiles
+two small functions per shape instead, a prefill and a one-token step, and
+runs the loop in Python, so tokens can stream and stop on strings.
+
+- Prompts are left-padded to a bucketed length and the KV cache is sized to
+  a bucketed length, so a new `max_new_tokens` or prompt length within a
+  bucket reuses the compiled functions. Gemma uses RoPE, which depends only
+  on relative positions, so left padding (masked out) changes no result.
+- JAX compiles with `jax.jit`, TensorFlow with `tf.function(jit_compile=True)`;
+  torch runs eagerly under `torch.inference_mode()`.
+
+The engine owns no transformer math: it calls the backbone's own embedding,
+decoder blocks (with their caches and sliding windows) and final norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+MIN_PROMPT_BUCKET = 16
+MIN_CACHE_BUCKET = 128
+
+
+def bucket(n: int, minimum: int) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    size = minimum
+    while size < n:
+        size *= 2
+    return size
+
+
+class DecodeEngine:
+    """Runs cached forward passes of a KerasHub Gemma causal LM.
+
+    Args:
+        causal_lm: a `keras_hub.models.GemmaCausalLM` or `Gemma3CausalLM`.
+    """
+
+    def __init__(self, causal_lm):
+        import keras
+
+        self.causal_lm = causal_lm
+        self.backbone = causal_lm.backbone
+        self.backend = keras.backend.backend()
+        self.num_layers = self.backbone.num_layers
+        # Gemma 3 blocks take a (key, value) tuple; Gemma 1/2 one stacked tensor.
+        self.tuple_cache = type(self.backbone).__name__.startswith("Gemma3")
+        self.trace_count = 0
+        self._compiled: dict[str, Any] = {}
+
+    # --- the model math, written once for every backend -------------------
+    def _forward(self, token_ids, padding_mask, cache, index):
+        from keras import ops
+
+        self.trace_count += 1  # runs once per trace when compiled
+        backbone = self.backbone
+        x = backbone.token_embedding(token_ids)
+        x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+        new_cache = []
+        for layer, layer_cache in zip(backbone.transformer_layers, cache):
+            x, layer_cache = layer(
+                x,
+                padding_mask=padding_mask,
+                cache=layer_cache,
+                cache_update_index=index,
+            )
+            new_cache.append(layer_cache)
+        x = backbone.layer_norm(x[:, -1:, :])
+        logits = backbone.token_embedding(x, reverse=True)[:, 0, :]
+        return ops.cast(logits, "float32"), new_cache
+
+    # --- cache ------------------------------------------------------------
+    def new_cache(self, batch: int, length: int) -> list:
+        from keras import ops
+
+        kv = self.backbone.num_key_value_heads
+        dim = self.backbone.head_dim
+        dtype = self.causal_lm.compute_dtype
+        if self.tuple_cache:
+            shape = (batch, length, kv, dim)
+            return [(ops.zeros(shape, dtype), ops.zeros(shape, dtype)) for _ in range(self.num_layers)]
+        shape = (batch, 2, length, kv, dim)
+        return [ops.zeros(shape, dtype) for _ in range(self.num_layers)]
+
+    # --- compiled entry point ------------------------------------------------
+    def _function(self):
+        fn = self._compiled.get("forward")
+        if fn is not None:
+            return fn
+        if self.backend == "jax":
+            fn = self._jax_function()
+        elif self.backend == "tensorflow":
+            import tensorflow as tf
+
+            fn = tf.function(self._forward, jit_compile=True, reduce_retracing=False)
+        else:
+            fn = self._torch_function()
+        self._compiled["forward"] = fn
+        return fn
+
+    def _jax_function(self):
+        import jax
+        import keras
+
+        variables = self.causal_lm.variables
+
+        def stateless(values, token_ids, padding_mask, cache, index):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return self._forward(token_ids, padding_mask, cache, index)
+
+        jitted = jax.jit(stateless, donate_argnums=(3,))
+
+        def call(token_ids, padding_mask, cache, index):
+            values = [v.value for v in variables]
+            return jitted(values, token_ids, padding_mask, cache, index)
+
+        return call
+
+    def _torch_function(self):
+        import torch
+
+        def call(token_ids, padding_mask, cache, index):
+            with torch.inference_mode():
+                return self._forward(token_ids, padding_mask, cache, index)
+
+        return call
+
+    def run(self, token_ids, padding_mask, cache, index: int):
+        """One forward pass: returns `(last-position logits as numpy, cache)`."""
+        from keras import ops
+
+        fn = self._function()
+        index = ops.convert_to_tensor(index, "int32")
+        logits, cache = fn(
+            ops.convert_to_tensor(token_ids, "int32"),
+            ops.convert_to_tensor(padding_mask, "int32"),
+            cache,
+            index,
+        )
+        return np.asarray(ops.convert_to_numpy(logits)), cache
+
+    # --- a whole generation ---------------------------------------------------
+    def start(self, prompts: Sequence[Sequence[int]], max_new_tokens: int):
+        """Prefills left-padded prompts; returns a `DecodeState`."""
+        batch = len(prompts)
+        longest = max(len(p) for p in prompts)
+        prompt_len = bucket(longest, MIN_PROMPT_BUCKET)
+        cache_len = bucket(prompt_len + max_new_tokens, MIN_CACHE_BUCKET)
+        tokens = np.zeros((batch, prompt_len), dtype=np.int32)
+        mask = np.zeros((batch, cache_len), dtype=np.int32)
+        for row, ids in enumerate(prompts):
+            tokens[row, prompt_len - len(ids) :] = ids
+            mask[row, prompt_len - len(ids) :] = 1
+        # Positions after the prompt hold generated tokens: attendable.
+        mask[:, prompt_len:] = 1
+        cache = self.new_cache(batch, cache_len)
+        logits, cache = self.run(tokens, mask, cache, 0)
+        return DecodeState(self, mask, cache, prompt_len, cache_len, logits)
+
+
+class DecodeState:
+    """The state of one batched generation between steps."""
+
+    def __init__(self, engine: DecodeEngine, mask, cache, index: int, cache_len: int, logits):
+        self.engine = engine
+        self.mask = mask
+        self.cache = cache
+        self.index = index
+        self.cache_len = cache_len
+        self.logits = logits
+
+    @property
+    def remaining(self) -> int:
+        return self.cache_len - self.index
+
+    def step(self, next_ids: np.ndarray) -> np.ndarray:
+        """Feeds one token per row; returns the next logits."""
+        tokens = np.asarray(next_ids, dtype=np.int32).reshape(-1, 1)
+        self.logits, self.cache = self.engine.run(tokens, self.mask, self.cache, self.index)
+        self.index += 1
+        return self.logits

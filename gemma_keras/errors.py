@@ -1,0 +1,45 @@
+"""The exceptions gemma_keras raises.
+
+Every error the library raises on purpose derives from `GemmaKerasError`, so
+`except gemma_keras.GemmaKerasError` catches all of them. Errors about bad
+input also derive from `ValueError` (or `FileNotFoundError`), so code that
+already catches those keeps working.
+"""
+
+from __future__ import annotations
+
+
+class GemmaKerasError(Exception):
+    """Base class of every error gemma_keras raises on purpose."""
+
+
+class BackendError(GemmaKerasError, RuntimeError):
+    """A Keras backend is unknown, not installed, or cannot be switched to."""
+
+
+class GGUFError(GemmaKerasError, ValueError):
+    """A GGUF file is corrupt, truncated, or not a Gemma model we can read."""
+
+
+class UnsupportedModelError(GemmaKerasError, ValueError):
+    """A model file is valid but holds an architecture or setting we cannot load."""
+
+
+class SourceError(GemmaKerasError, ValueError):
+    """A model source (path, preset name, hub handle) cannot be resolved."""
+
+
+class ModelNotFoundError(SourceError, FileNotFoundError):
+    """A local path or preset name that does not exist."""
+
+
+class HubUnavailableError(SourceError):
+    """A Kaggle or Hugging Face hub cannot be reached, or needs credentials."""
+
+
+class GenerationArgumentError(GemmaKerasError, ValueError):
+    """An argument to `generate` (prompt, sampling value, stop) is invalid."""
+
+
+class CacheError(GemmaKerasError, RuntimeError):
+    """The conversion cache could not be written or read."""

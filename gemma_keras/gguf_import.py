@@ -1,0 +1,309 @@
+"""Reads Gemma, Gemma 2 and Gemma 3 GGUF files into KerasHub backbones.
+
+The metadata gives the architecture and sizes; `gguf.quants.dequantize`
+turns every tensor llama.cpp writes (F32, F16, BF16, Q8_0, Q4_0, the K-quants
+and the rest) into float32. llama.cpp stores tensors in Hugging Face's
+`(out, in)` layout and every RMSNorm weight as `1 + w`, while Keras stores
+`w`, so norms get 1 subtracted (transformers' GGUF loader does the same).
+
+Example:
+
+>>> info = read_gguf("model.gguf")  # doctest: +SKIP
+>>> info.architecture, info.backbone_config["num_layers"]  # doctest: +SKIP
+('gemma3', 18)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gemma_keras.errors import GGUFError, UnsupportedModelError
+
+GGUF_MAGIC = b"GGUF"
+ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+# Layer counts of the 27B models, whose query scale is 1/sqrt(hidden/heads)
+# rather than 1/sqrt(head_dim); llama.cpp decides it the same way.
+_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+# KerasHub fixes these RoPE bases; a file that asks for others cannot load.
+_ROPE_BASE = {"gemma": 10_000.0, "gemma2": 10_000.0, "gemma3": 1_000_000.0}
+
+
+@dataclass
+class GGUFModel:
+    """What a GGUF file says about a Gemma model, ready to build in Keras."""
+
+    path: Path
+    architecture: str
+    backbone_config: dict[str, Any]
+    context_length: int
+    tokens: list[str]
+    token_types: list[int]
+    special_ids: dict[str, int]
+    reader: Any = field(repr=False)
+
+    def tokenizer_proto(self) -> bytes:
+        from gemma_keras.tokenizer import proto_from_gguf_vocab
+
+        return proto_from_gguf_vocab(self.tokens, self.token_types, **self.special_ids)
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A tensor as float32 in `(out, in)` layout."""
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            raise GGUFError(f"{self.path}: the tensor {name!r} is missing.")
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        try:
+            qtype = GGMLQuantizationType(int(tensor.tensor_type))
+            array = dequantize(tensor.data, qtype)
+        except (NotImplementedError, ValueError, KeyError) as exc:
+            raise GGUFError(
+                f"{self.path}: cannot dequantize tensor {name!r} of type "
+                f"{getattr(tensor.tensor_type, 'name', tensor.tensor_type)}: {exc}"
+            ) from exc
+        expected = tuple(int(d) for d in reversed(tensor.shape))
+        if array.size != int(np.prod(expected)):
+            raise GGUFError(
+                f"{self.path}: tensor {name!r} holds {array.size} values but "
+                f"declares shape {expected}."
+            )
+        return np.asarray(array, dtype=np.float32).reshape(expected)
+
+    @property
+    def _tensors(self) -> dict[str, Any]:
+        if not hasattr(self, "_tensor_index"):
+            self._tensor_index = {t.name: t for t in self.reader.tensors}
+        return self._tensor_index
+
+
+def _field(reader, key: str, default: Any = None, required: bool = False):
+    field_ = reader.fields.get(key)
+    if field_ is None:
+        if required:
+            raise GGUFError(f"{reader.path}: the metadata key {key!r} is missing.")
+        return default
+    try:
+        return field_.contents()
+    except Exception as exc:
+        raise GGUFError(f"{reader.path}: the metadata key {key!r} is unreadable: {exc}") from exc
+
+
+def _check_magic(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except IsADirectoryError:
+        raise GGUFError(f"{path} is a directory, not a GGUF file.") from None
+    except OSError as exc:
+        raise GGUFError(f"{path}: cannot read the file: {exc}") from exc
+    if head != GGUF_MAGIC:
+        raise GGUFError(
+            f"{path} is not a GGUF file (it does not start with b'GGUF'). "
+            "Pass a .gguf file written by llama.cpp or gguf-py, a Keras preset "
+            "directory, or a preset name."
+        )
+
+
+def _open_reader(path: Path):
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path), "r")
+    except Exception as exc:  # gguf raises bare ValueError/IndexError/struct.error
+        raise GGUFError(
+            f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
+            "Download or export the file again."
+        ) from exc
+    size = os.path.getsize(path)
+    for tensor in reader.tensors:
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        if end > size:
+            raise GGUFError(
+                f"{path}: tensor {tensor.name!r} ends at byte {end} but the "
+                f"file has {size} bytes; the file is truncated."
+            )
+    return reader
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFModel:
+    """Reads and validates a Gemma GGUF file's metadata (not its weights)."""
+    path = Path(path)
+    if not path.exists():
+        from gemma_keras.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"{path}: no such file.")
+    _check_magic(path)
+    reader = _open_reader(path)
+    arch = _field(reader, "general.architecture", required=True)
+    if arch not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{path} holds a {arch!r} model; gemma_keras loads only "
+            f"{', '.join(ARCHITECTURES)}. Use a Gemma GGUF file."
+        )
+
+    def key(name, default=None, required=False):
+        return _field(reader, f"{arch}.{name}", default, required)
+
+    num_layers = int(key("block_count", required=True))
+    hidden = int(key("embedding_length", required=True))
+    heads = int(key("attention.head_count", required=True))
+    kv_heads = int(key("attention.head_count_kv", heads))
+    head_dim = int(key("attention.key_length", hidden // max(heads, 1)))
+    ffn = int(key("feed_forward_length", required=True))
+    eps = float(key("attention.layer_norm_rms_epsilon", 1e-6))
+    context = int(key("context_length", 8192))
+    rope_base = float(key("rope.freq_base", _ROPE_BASE[arch]))
+    if abs(rope_base - _ROPE_BASE[arch]) > 1e-3 * _ROPE_BASE[arch]:
+        raise UnsupportedModelError(
+            f"{path}: rope.freq_base is {rope_base:g}, but KerasHub's {arch} "
+            f"backbone fixes it at {_ROPE_BASE[arch]:g}."
+        )
+    for name, value in (("block_count", num_layers), ("embedding_length", hidden),
+                        ("attention.head_count", heads), ("attention.head_count_kv", kv_heads),
+                        ("attention.key_length", head_dim), ("feed_forward_length", ffn)):
+        if value <= 0 or value > 1 << 20:
+            raise GGUFError(f"{path}: {arch}.{name} = {value} is not a valid size.")
+    if heads % kv_heads:
+        raise GGUFError(f"{path}: {heads} query heads do not divide into {kv_heads} KV heads.")
+
+    tokens = _field(reader, "tokenizer.ggml.tokens", required=True)
+    types = _field(reader, "tokenizer.ggml.token_type")
+    if types is None:
+        types = [1] * len(tokens)
+    if len(types) != len(tokens):
+        raise GGUFError(f"{path}: {len(tokens)} tokens but {len(types)} token types.")
+    special = {
+        "bos_id": int(_field(reader, "tokenizer.ggml.bos_token_id", 2)),
+        "eos_id": int(_field(reader, "tokenizer.ggml.eos_token_id", 1)),
+        "unk_id": int(_field(reader, "tokenizer.ggml.unknown_token_id", 3)),
+        "pad_id": int(_field(reader, "tokenizer.ggml.padding_token_id", 0)),
+    }
+    for name, value in special.items():
+        if not 0 <= value < len(tokens):
+            raise GGUFError(f"{path}: tokenizer {name} {value} is outside the vocabulary.")
+
+    config: dict[str, Any] = {
+        "vocabulary_size": len(tokens),
+        "num_layers": num_layers,
+        "num_query_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "hidden_dim": hidden,
+        "head_dim": head_dim,
+        "layer_norm_epsilon": eps,
+    }
+    normalize = num_layers != _27B_LAYERS.get(arch)
+    if arch == "gemma":
+        config["intermediate_dim"] = ffn * 2
+    elif arch == "gemma2":
+        config.update(
+            intermediate_dim=ffn * 2,
+            query_head_dim_normalize=normalize,
+            use_post_ffw_norm=True,
+            use_post_attention_norm=True,
+            final_logit_soft_cap=_optional_float(key("final_logit_softcapping")),
+            attention_logit_soft_cap=_optional_float(key("attn_logit_softcapping")),
+            use_sliding_window_attention=True,
+            sliding_window_size=int(key("attention.sliding_window", 4096)),
+        )
+    else:
+        config.update(
+            image_size=None,
+            intermediate_dim=ffn,
+            query_head_dim_normalize=normalize,
+            use_query_key_norm=True,
+            use_post_ffw_norm=True,
+            use_post_attention_norm=True,
+            final_logit_soft_cap=_optional_float(key("final_logit_softcapping")),
+            attention_logit_soft_cap=_optional_float(key("attn_logit_softcapping")),
+            use_sliding_window_attention=True,
+            sliding_window_size=int(key("attention.sliding_window", 1024)),
+            global_rope_scaling_factor=float(key("rope.scaling.factor", 1.0) or 1.0),
+        )
+    return GGUFModel(
+        path=path,
+        architecture=arch,
+        backbone_config=config,
+        context_length=context,
+        tokens=list(tokens),
+        token_types=[int(t) for t in types],
+        special_ids=special,
+        reader=reader,
+    )
+
+
+def _optional_float(value) -> float | None:
+    return None if value in (None, 0, 0.0) else float(value)
+
+
+def backbone_class(architecture: str):
+    import keras_hub
+
+    if architecture == "gemma3":
+        return keras_hub.models.Gemma3Backbone
+    return keras_hub.models.GemmaBackbone
+
+
+def _heads_in(array: np.ndarray, heads: int) -> np.ndarray:
+    """(heads*dim, hidden) -> Keras' (heads, hidden, dim)."""
+    return array.reshape(heads, -1, array.shape[1]).transpose(0, 2, 1)
+
+
+def _heads_out(array: np.ndarray, heads: int) -> np.ndarray:
+    """(hidden, heads*dim) -> Keras' (heads, dim, hidden)."""
+    return array.reshape(array.shape[0], heads, -1).transpose(1, 2, 0)
+
+
+def _norm(array: np.ndarray) -> np.ndarray:
+    return array - 1.0
+
+
+def build_backbone(model: GGUFModel, dtype: str | None = None, progress=None):
+    """Builds the KerasHub backbone and fills it with the file's weights."""
+    cls = backbone_class(model.architecture)
+    backbone = cls(**model.backbone_config, dtype=dtype)
+    cfg = model.backbone_config
+
+    def assign(variable, value: np.ndarray, name: str) -> None:
+        if tuple(variable.shape) != value.shape:
+            raise GGUFError(
+                f"{model.path}: tensor {name!r} has shape {value.shape}, but the "
+                f"model built from the metadata needs {tuple(variable.shape)}."
+            )
+        variable.assign(value)
+
+    embedding = model.tensor("token_embd.weight")
+    assign(backbone.get_layer("token_embedding").embeddings, embedding, "token_embd.weight")
+    del embedding
+    for i in range(cfg["num_layers"]):
+        if progress is not None:
+            progress(i, cfg["num_layers"])
+        block = backbone.get_layer(f"decoder_block_{i}")
+        attn = block.attention
+
+        def t(suffix, i=i):
+            return model.tensor(f"blk.{i}.{suffix}.weight")
+
+        assign(block.pre_attention_norm.scale, _norm(t("attn_norm")), f"blk.{i}.attn_norm")
+        assign(attn.query_dense.kernel, _heads_in(t("attn_q"), cfg["num_query_heads"]), f"blk.{i}.attn_q")
+        assign(attn.key_dense.kernel, _heads_in(t("attn_k"), cfg["num_key_value_heads"]), f"blk.{i}.attn_k")
+        assign(attn.value_dense.kernel, _heads_in(t("attn_v"), cfg["num_key_value_heads"]), f"blk.{i}.attn_v")
+        assign(attn.output_dense.kernel, _heads_out(t("attn_output"), cfg["num_query_heads"]), f"blk.{i}.attn_output")
+        assign(block.pre_ffw_norm.scale, _norm(t("ffn_norm")), f"blk.{i}.ffn_norm")
+        assign(block.gating_ffw.kernel, t("ffn_gate").T, f"blk.{i}.ffn_gate")
+        assign(block.gating_ffw_2.kernel, t("ffn_up").T, f"blk.{i}.ffn_up")
+        assign(block.ffw_linear.kernel, t("ffn_down").T, f"blk.{i}.ffn_down")
+        if cfg.get("use_post_attention_norm"):
+            assign(block.post_attention_norm.scale, _norm(t("post_attention_norm")), f"blk.{i}.post_attention_norm")
+        if cfg.get("use_post_ffw_norm"):
+            assign(block.post_ffw_norm.scale, _norm(t("post_ffw_norm")), f"blk.{i}.post_ffw_norm")
+        if cfg.get("use_query_key_norm"):
+            assign(attn.query_norm.scale, _norm(t("attn_q_norm")), f"blk.{i}.attn_q_norm")
+            assign(attn.key_norm.scale, _norm(t("attn_k_norm")), f"blk.{i}.attn_k_norm")
+    assign(backbone.get_layer("final_normalization").scale, _norm(model.tensor("output_norm.weight")), "output_norm")
+    return backbone

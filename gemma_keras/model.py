@@ -1,0 +1,212 @@
+"""`Gemma`: a loaded Gemma model with a tokenizer and a decode engine.
+
+It wraps KerasHub's `GemmaCausalLM` / `Gemma3CausalLM` and owns no
+transformer math. Get one with `gemma_keras.load()`.
+
+Example:
+
+>>> import gemma_keras as gk
+>>> lm = gk.load()  # doctest: +SKIP
+>>> lm.generate("The capital of France is", max_new_tokens=8)  # doctest: +SKIP
+' Paris...'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gemma_keras.errors import GenerationArgumentError
+from gemma_keras.sampling import SamplingParams, next_tokens
+from gemma_keras.tokenizer import GemmaTokenizer
+
+
+@dataclass
+class ModelInfo:
+    """Where a model came from and what it is."""
+
+    architecture: str
+    source: str
+    context_length: int
+    dtype: str
+    backend: str
+
+
+class Gemma:
+    """A Gemma causal language model ready to generate.
+
+    Args:
+        causal_lm: a KerasHub Gemma causal LM.
+        tokenizer: the matching `GemmaTokenizer`.
+        info: a `ModelInfo`.
+    """
+
+    def __init__(self, causal_lm, tokenizer: GemmaTokenizer, info: ModelInfo):
+        from gemma_keras.engine import DecodeEngine
+
+        self.causal_lm = causal_lm
+        self.backbone = causal_lm.backbone
+        self.tokenizer = tokenizer
+        self.info = info
+        self.engine = DecodeEngine(causal_lm)
+        end_of_turn = tokenizer.token_to_id("<end_of_turn>")
+        self.default_stop_ids = tuple(
+            i for i in (tokenizer.eos_id, end_of_turn) if i is not None and i >= 0
+        )
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (
+            f"Gemma(architecture={i.architecture!r}, source={i.source!r}, "
+            f"backend={i.backend!r}, dtype={i.dtype!r})"
+        )
+
+    # --- generation -----------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        include_prompt: bool = False,
+        add_bos: bool = True,
+    ) -> str | list[str]:
+        """Generates a continuation of one prompt or a list of prompts.
+
+        Greedy unless `temperature > 0`. Generation of a row ends at any of
+        `stop_token_ids` (default: `<eos>` and `<end_of_turn>`; pass `()` to
+        never stop early); the stop token is not returned.
+
+        Returns:
+            A string for a string prompt, a list of strings for a list.
+        """
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else self._check_prompts(prompt)
+        ids = self._generate_ids(
+            prompts,
+            max_new_tokens,
+            SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed),
+            stop_token_ids,
+            add_bos,
+        )
+        texts = [self.tokenizer.decode(row) for row in ids]
+        if include_prompt:
+            texts = [p + t for p, t in zip(prompts, texts)]
+        return texts[0] if single else texts
+
+    def _check_prompts(self, prompts) -> list[str]:
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise GenerationArgumentError(
+                "prompt must be a non-empty string or a non-empty list of strings, "
+                f"got {prompts!r}."
+            )
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise GenerationArgumentError(
+                    f"prompt[{i}] must be a string, got {type(p).__name__}."
+                )
+        return list(prompts)
+
+    def _encode_prompts(self, prompts: list[str], add_bos: bool) -> list[list[int]]:
+        encoded = []
+        for i, text in enumerate(prompts):
+            if not isinstance(text, str) or not text:
+                where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+                raise GenerationArgumentError(
+                    f"{where} is empty; give at least one character of text to continue."
+                )
+            encoded.append(self.tokenizer.encode(text, add_bos=add_bos))
+        return encoded
+
+    def _check_length(self, name: str, value) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise GenerationArgumentError(f"{name} must be a positive integer, got {value!r}.")
+        return int(value)
+
+    def _stop_ids(self, stop_token_ids) -> set[int]:
+        if stop_token_ids is None:
+            return set(self.default_stop_ids)
+        if isinstance(stop_token_ids, (int, str)) or not all(
+            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in stop_token_ids
+        ):
+            raise GenerationArgumentError(
+                f"stop_token_ids must be a list of integer token ids, got {stop_token_ids!r}."
+            )
+        bad = [i for i in stop_token_ids if not 0 <= i < self.tokenizer.vocabulary_size]
+        if bad:
+            raise GenerationArgumentError(
+                f"stop_token_ids {bad} are outside the vocabulary (0..{self.tokenizer.vocabulary_size - 1})."
+            )
+        return {int(i) for i in stop_token_ids}
+
+    def _generate_ids(self, prompts, max_new_tokens, params, stop_token_ids, add_bos) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in prompts]
+        for row, token in self._decode_tokens(prompts, max_new_tokens, params, stop_token_ids, add_bos):
+            out[row].append(token)
+        return out
+
+    def _decode_tokens(
+        self, prompts, max_new_tokens, params: SamplingParams, stop_token_ids, add_bos
+    ) -> Iterator[tuple[int, int]]:
+        """Yields `(row, token_id)` as tokens are chosen, stop tokens excluded."""
+        max_new_tokens = self._check_length("max_new_tokens", max_new_tokens)
+        stops = self._stop_ids(stop_token_ids)
+        encoded = self._encode_prompts(prompts, add_bos)
+        longest = max(len(e) for e in encoded)
+        if longest + max_new_tokens > self.info.context_length:
+            raise GenerationArgumentError(
+                f"The prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) "
+                f"exceeds the model's context of {self.info.context_length} tokens."
+            )
+        rng = np.random.default_rng(params.seed)
+        seen = None
+        if params.repetition_penalty is not None:
+            seen = np.zeros((len(encoded), self.tokenizer.vocabulary_size), dtype=bool)
+            for row, ids in enumerate(encoded):
+                seen[row, ids] = True
+        state = self.engine.start(encoded, max_new_tokens)
+        done = np.zeros(len(encoded), dtype=bool)
+        logits = state.logits
+        for step in range(max_new_tokens):
+            chosen = next_tokens(logits, params, rng, seen)
+            for row, token in enumerate(chosen.tolist()):
+                if done[row]:
+                    continue
+                if token in stops:
+                    done[row] = True
+                    continue
+                if seen is not None:
+                    seen[row, token] = True
+                yield row, token
+            if done.all() or step == max_new_tokens - 1:
+                break
+            logits = state.step(np.where(done, self.tokenizer.pad_id, chosen))
+
+    # --- lower-level access -----------------------------------------------------
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits after `token_ids` (one sequence), as float32 numpy."""
+        state = self.engine.start([list(token_ids)], 1)
+        return state.logits[0]
+
+    def score(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Logits for every position of one sequence, shape `(len, vocab)`."""
+        from keras import ops
+
+        ids = np.asarray([token_ids], dtype=np.int32)
+        out = self.causal_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+        return np.asarray(ops.convert_to_numpy(ops.cast(out, "float32")))[0]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def config(self) -> dict[str, Any]:
+        return dict(self.backbone.get_config())
