@@ -53,6 +53,8 @@ class DecodeEngine:
         self.tuple_cache = type(self.backbone).__name__.startswith("Gemma3")
         self.trace_count = 0
         self._compiled: dict[str, Any] = {}
+        for layer in self.backbone.transformer_layers:
+            _use_position_sliding_mask(layer.attention)
 
     # --- the model math, written once for every backend -------------------
     def _forward(self, token_ids, padding_mask, cache, index):
@@ -162,6 +164,33 @@ class DecodeEngine:
         cache = self.new_cache(batch, cache_len)
         logits, cache = self.run(tokens, mask, cache, 0)
         return DecodeState(self, mask, cache, prompt_len, cache_len, logits)
+
+
+def _use_position_sliding_mask(attention) -> None:
+    """Swaps KerasHub's sliding-window mask for one built from positions.
+
+    KerasHub slices a `(keys, keys)` band matrix at the cache index. Under
+    TensorFlow's XLA that index becomes a compile-time constant, so every
+    decode step recompiled (seconds per token), and on every backend it
+    builds a large matrix per layer per step. Comparing positions gives the
+    identical mask, `|query_pos - key_pos| < window`, with neither cost.
+    """
+    if not getattr(attention, "use_sliding_window_attention", False):
+        return
+    if getattr(attention, "use_bidirectional_attention", False):
+        return
+
+    def mask_sliding_window(attention_mask, cache_update_index=0):
+        from keras import ops
+
+        _, query_len, key_len = ops.shape(attention_mask)
+        query_pos = ops.arange(query_len, dtype="int32") + ops.cast(cache_update_index, "int32")
+        key_pos = ops.arange(key_len, dtype="int32")
+        distance = ops.abs(query_pos[:, None] - key_pos[None, :])
+        window = distance < attention.sliding_window_size
+        return ops.logical_and(ops.cast(attention_mask, "bool"), window[None, :, :])
+
+    attention._mask_sliding_window = mask_sliding_window
 
 
 class DecodeState:

@@ -37,6 +37,16 @@ class SamplingParams:
     def __post_init__(self) -> None:
         validate(self)
 
+    def as_kwargs(self) -> dict:
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+        }
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0

@@ -96,6 +96,9 @@ class GemmaTokenizer:
     def __init__(self, proto: bytes):
         import sentencepiece as spm
 
+        # Its C++ log line about identity normalization is noise for users.
+        if hasattr(spm, "set_min_log_level"):
+            spm.set_min_log_level(2)
         self.proto = bytes(proto)
         self._sp = spm.SentencePieceProcessor(model_proto=self.proto)
         n = self._sp.get_piece_size()

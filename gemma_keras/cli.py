@@ -1,0 +1,161 @@
+"""The `gemma-keras` command. It parses arguments and calls the library.
+
+    gemma-keras info
+    gemma-keras generate "The capital of France is" --backend jax --max-new-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from gemma_keras.errors import GemmaKerasError
+
+
+class Spinner:
+    """A one-line progress indicator on stderr while a model loads."""
+
+    frames = "|/-\\"
+
+    def __init__(self, stream=None, enabled: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.stage = "starting"
+        self.fraction = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_printed = ""
+        self.started = time.monotonic()
+
+    def update(self, stage: str, fraction: float) -> None:
+        self.stage, self.fraction = stage, fraction
+        if not self.enabled and stage != self._last_printed and stage != "done":
+            # Not a terminal: print each stage once, so logs stay readable.
+            self._last_printed = stage
+            print(f"[gemma-keras] {stage}...", file=self.stream, flush=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.wait(0.1):
+            elapsed = time.monotonic() - self.started
+            line = f"\r{self.frames[i % 4]} {self.stage} {self.fraction:4.0%} ({elapsed:.0f}s)"
+            self.stream.write(line.ljust(70))
+            self.stream.flush()
+            i += 1
+
+    def __enter__(self) -> Spinner:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.stream.write("\r" + " " * 70 + "\r")
+            self.stream.flush()
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import gemma_keras as gk
+    from gemma_keras import backend
+
+    if args.backend:
+        gk.use_backend(args.backend)
+    name, origin = backend.resolve_backend()
+    print(f"gemma_keras {gk.__version__}")
+    print(f"selected backend: {name} (from {origin})")
+    found = gk.available_backends()
+    if not found:
+        print("installed backends: none")
+    for bname, info in found.items():
+        print(f"  {bname:<11} {info['version']:<10} devices: {', '.join(info['devices'])}")
+    for bname in backend.BACKENDS:
+        if bname not in found:
+            print(f"  {bname:<11} not installed")
+    if name in found:
+        print(f"dtype on {name}: {backend.default_dtype(name)}")
+    from gemma_keras.cache import cache_dir
+
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import gemma_keras as gk
+
+    from gemma_keras.sampling import SamplingParams
+
+    # Check the cheap arguments before the slow load.
+    sampling = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    if args.max_new_tokens < 1:
+        raise gk.GenerationArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
+    if not args.prompt:
+        raise gk.GenerationArgumentError("the prompt is empty; give some text to continue.")
+    if args.backend:
+        gk.use_backend(args.backend)
+    with Spinner() as spinner:
+        lm = gk.load(args.model, dtype=args.dtype, progress=spinner.update)
+    text = lm.generate(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        include_prompt=args.include_prompt,
+        **sampling.as_kwargs(),
+    )
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gemma-keras",
+        description="Gemma models as Keras 3 models on JAX, TensorFlow or PyTorch.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="show backends, versions, devices and dtype")
+    info.add_argument("--backend", help="jax, tensorflow or torch")
+    info.set_defaults(func=_cmd_info)
+
+    gen = sub.add_parser("generate", help="continue a prompt")
+    gen.add_argument("prompt", help="the text to continue")
+    gen.add_argument("--model", default=None, help="a .gguf file, preset dir, preset name or hub handle (default: embedded Gemma 3 270M)")
+    gen.add_argument("--backend", help="jax, tensorflow or torch")
+    gen.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--min-p", type=float, default=None)
+    gen.add_argument("--repetition-penalty", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--include-prompt", action="store_true", help="print the prompt before the continuation")
+    gen.set_defaults(func=_cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GemmaKerasError as exc:
+        print(f"gemma-keras: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ngemma-keras: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Tiny random Gemma GGUF files, for tests and examples that need no download.
+
+`write_tiny_gguf` writes a valid llama.cpp-style GGUF of architecture
+`gemma`, `gemma2` or `gemma3` with random weights, a small SentencePiece-style
+vocabulary (byte fallback included) and any quant type gguf-py can write.
+gguf-py cannot quantize the K-quants, so for those it writes random blocks
+with sane scales; dequantizing them is what is under test.
+
+Example:
+
+>>> from gemma_keras.testing import write_tiny_gguf
+>>> weights = write_tiny_gguf("/tmp/tiny.gguf", "gemma3")  # doctest: +SKIP
+>>> sorted(weights)[:2]  # doctest: +SKIP
+['blk.0.attn_k.weight', 'blk.0.attn_k_norm.weight']
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+
+import numpy as np
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "[multimodal]"]
+TURN_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
+IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<img>"]
+WORDS = ["the", "of", "and", "to", "in", "is", "France", "Paris", "capital", "hello", "world", "model", "user"]
+
+# Byte layout of each K-quant block: (block bytes, offsets of its f16 scales).
+_K_BLOCKS = {
+    "Q2_K": (84, (80, 82)),
+    "Q3_K": (110, (108,)),
+    "Q4_K": (144, (0, 2)),
+    "Q5_K": (176, (0, 2)),
+    "Q6_K": (210, (208,)),
+}
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    num_layers: int = 2
+    hidden: int = 32
+    heads: int = 4
+    kv_heads: int = 1
+    head_dim: int = 8
+    ffn: int = 64
+    sliding_window: int = 8
+    context: int = 512
+
+
+def tiny_vocab() -> tuple[list[str], list[int]]:
+    """A Gemma-shaped vocabulary: specials, byte pieces, characters, merges."""
+    tokens = list(SPECIALS) + [f"<unused{i}>" for i in range(4)] + TURN_TOKENS
+    types = [3] * len(tokens)
+    types[SPECIALS.index("[multimodal]")] = 4
+    tokens += ["\n", "\n\n", "  ", "   "]
+    types += [4, 4, 4, 4]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [6] * 256
+    pieces = ["\u2581"] + [c for c in string.ascii_letters + string.digits + string.punctuation]
+    merges = []
+    for word in WORDS:
+        for end in range(2, len(word) + 1):
+            merges.append(word[:end])
+        for end in range(1, len(word) + 1):
+            merges.append("\u2581" + word[:end])
+    for piece in pieces + merges:
+        if piece not in tokens:
+            tokens.append(piece)
+            types.append(1)
+    tokens += IMAGE_TOKENS
+    types += [4, 4, 3]
+    return tokens, types
+
+
+def _k_quant_blocks(qtype: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    block_bytes, scale_offsets = _K_BLOCKS[qtype]
+    rows, cols = shape
+    blocks = rng.integers(0, 256, size=(rows, cols // 256, block_bytes), dtype=np.uint8)
+    for offset in scale_offsets:
+        scale = rng.uniform(0.0005, 0.002, size=(rows, cols // 256)).astype(np.float16)
+        blocks[:, :, offset : offset + 2] = scale.view(np.uint8).reshape(rows, cols // 256, 2)
+    return blocks.reshape(rows, -1)
+
+
+def _encode(array: np.ndarray, qtype_name: str, rng: np.random.Generator):
+    """Returns `(data_for_writer, raw_dtype, dequantized_float32)`."""
+    from gguf import GGMLQuantizationType
+    from gguf.constants import GGML_QUANT_SIZES
+    from gguf.quants import dequantize, quantize
+
+    qtype = GGMLQuantizationType[qtype_name]
+    block = GGML_QUANT_SIZES[qtype][0]
+    if array.ndim != 2 or qtype_name == "F32" or array.shape[1] % block:
+        return array.astype(np.float32), None, array.astype(np.float32)
+    if qtype_name in _K_BLOCKS:
+        data = _k_quant_blocks(qtype_name, array.shape, rng)
+    else:
+        data = quantize(array.astype(np.float32), qtype)
+    return data, qtype, dequantize(data, qtype).reshape(array.shape).astype(np.float32)
+
+
+def write_tiny_gguf(
+    path: str | os.PathLike,
+    architecture: str = "gemma3",
+    config: TinyConfig | None = None,
+    qtype: str = "F32",
+    seed: int = 0,
+    vocab: tuple[list[str], list[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Writes a tiny random Gemma GGUF; returns the float32 tensors a reader sees.
+
+    2-D weights whose row length suits `qtype` are stored in it; the rest
+    (norms, short rows) stay F32, as llama.cpp's quantizer does.
+    """
+    import gguf
+
+    cfg = config or TinyConfig()
+    rng = np.random.default_rng(seed)
+    tokens, types = vocab or tiny_vocab()
+    writer = gguf.GGUFWriter(os.fspath(path), architecture)
+    writer.add_name(f"tiny-{architecture}")
+    writer.add_context_length(cfg.context)
+    writer.add_embedding_length(cfg.hidden)
+    writer.add_block_count(cfg.num_layers)
+    writer.add_feed_forward_length(cfg.ffn)
+    writer.add_head_count(cfg.heads)
+    writer.add_head_count_kv(cfg.kv_heads)
+    writer.add_key_length(cfg.head_dim)
+    writer.add_value_length(cfg.head_dim)
+    writer.add_layer_norm_rms_eps(1e-6)
+    if architecture == "gemma3":
+        writer.add_rope_freq_base(1_000_000.0)
+        writer.add_sliding_window(cfg.sliding_window)
+    else:
+        writer.add_rope_freq_base(10_000.0)
+    if architecture == "gemma2":
+        writer.add_sliding_window(cfg.sliding_window)
+        writer.add_attn_logit_softcapping(50.0)
+        writer.add_final_logit_softcapping(30.0)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-1000.0 if t != 1 else 0.0 for t in types])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(False)
+
+    q_dim = cfg.heads * cfg.head_dim
+    kv_dim = cfg.kv_heads * cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (len(tokens), cfg.hidden)}
+    norms = ["attn_norm", "ffn_norm"]
+    if architecture in ("gemma2", "gemma3"):
+        norms += ["post_attention_norm", "post_ffw_norm"]
+    for i in range(cfg.num_layers):
+        shapes.update(
+            {
+                f"blk.{i}.attn_q.weight": (q_dim, cfg.hidden),
+                f"blk.{i}.attn_k.weight": (kv_dim, cfg.hidden),
+                f"blk.{i}.attn_v.weight": (kv_dim, cfg.hidden),
+                f"blk.{i}.attn_output.weight": (cfg.hidden, q_dim),
+                f"blk.{i}.ffn_gate.weight": (cfg.ffn, cfg.hidden),
+                f"blk.{i}.ffn_up.weight": (cfg.ffn, cfg.hidden),
+                f"blk.{i}.ffn_down.weight": (cfg.hidden, cfg.ffn),
+            }
+        )
+        shapes.update({f"blk.{i}.{n}.weight": (cfg.hidden,) for n in norms})
+        if architecture == "gemma3":
+            shapes[f"blk.{i}.attn_q_norm.weight"] = (cfg.head_dim,)
+            shapes[f"blk.{i}.attn_k_norm.weight"] = (cfg.head_dim,)
+    shapes["output_norm.weight"] = (cfg.hidden,)
+
+    expected: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        if len(shape) == 1:  # llama.cpp stores RMSNorm weights as 1 + w
+            array = 1.0 + rng.normal(0.0, 0.1, size=shape)
+        else:
+            array = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), size=shape)
+        data, raw_dtype, seen = _encode(array.astype(np.float32), qtype, rng)
+        writer.add_tensor(name, data, raw_dtype=raw_dtype)
+        expected[name] = seen
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected
