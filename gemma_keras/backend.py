@@ -39,7 +39,7 @@ _DISTS = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 _INSTALL = {
     "jax": "pip install 'gemma-keras[jax]'",
     "tensorflow": "pip install 'gemma-keras[tensorflow]'",
-    "torch": "pip install 'gemma-keras[torch]'  (CPU: pip install torch==2.13.0)",
+    "torch": "pip install 'gemma-keras[torch]'",
 }
 # Preference when nothing names a backend: JAX compiles the decode loop best.
 _PREFERENCE = ("jax", "torch", "tensorflow")
@@ -54,9 +54,7 @@ def normalize_backend_name(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in BACKENDS:
-        raise BackendError(
-            f"Unknown backend {name!r}. Choose one of: {', '.join(BACKENDS)}."
-        )
+        raise BackendError(f"Unknown backend {name!r}. Choose one of: {', '.join(BACKENDS)}.")
     return key
 
 
@@ -111,6 +109,7 @@ def use_backend(name: str) -> str:
     """
     global _explicit
     name = normalize_backend_name(name)
+    _require_installed(name)
     active = _keras_backend_if_imported()
     if active is not None and active != name:
         raise BackendError(
@@ -120,7 +119,6 @@ def use_backend(name: str) -> str:
             f"anything that imports it), or start Python with "
             f"KERAS_BACKEND={name}."
         )
-    _require_installed(name)
     _explicit = name
     os.environ["KERAS_BACKEND"] = name
     return name
@@ -142,10 +140,7 @@ def resolve_backend() -> tuple[str, str]:
     for name in _PREFERENCE:
         if is_installed(name):
             return name, "first installed backend"
-    raise BackendError(
-        "No Keras backend is installed. Install one, for example: "
-        + _INSTALL["jax"]
-    )
+    raise BackendError("No Keras backend is installed. Install one, for example: " + _INSTALL["jax"])
 
 
 def current_backend() -> str:
@@ -174,7 +169,8 @@ def ensure_backend() -> str:
 def devices(name: str | None = None) -> list[str]:
     """The devices a backend can run on, such as `["cpu:0"]`.
 
-    This imports the backend's library (not keras).
+    This imports the backend's library. TensorFlow imports keras with it, so
+    for TensorFlow the backend this process resolves to is settled first.
     """
     name = normalize_backend_name(name) if name else current_backend()
     _require_installed(name)
@@ -192,12 +188,19 @@ def devices(name: str | None = None) -> list[str]:
             found.append("mps:0")
         return found
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if _keras_backend_if_imported() is None:
+        # Importing TensorFlow imports keras, which then fixes its backend
+        # for good: make sure that is the backend this process resolves to.
+        os.environ["KERAS_BACKEND"] = resolve_backend()[0]
     import tensorflow as tf
 
-    return [
-        f"{d.device_type.lower()}:{i}"
-        for i, d in enumerate(tf.config.list_physical_devices())
-    ]
+    counts: dict[str, int] = {}
+    found = []
+    for d in tf.config.list_physical_devices():
+        kind = d.device_type.lower()
+        found.append(f"{kind}:{counts.get(kind, 0)}")
+        counts[kind] = counts.get(kind, 0) + 1
+    return found
 
 
 def has_accelerator(name: str | None = None) -> bool:
@@ -216,9 +219,7 @@ def default_dtype(name: str | None = None) -> str:
 def validate_dtype(dtype: str) -> str:
     allowed = ("float32", "bfloat16", "float16")
     if dtype not in allowed:
-        raise BackendError(
-            f"Unsupported dtype {dtype!r}; choose one of {', '.join(allowed)}."
-        )
+        raise BackendError(f"Unsupported dtype {dtype!r}; choose one of {', '.join(allowed)}.")
     return dtype
 
 

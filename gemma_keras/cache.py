@@ -114,8 +114,7 @@ def get_or_build(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CacheError(
-            f"Cannot create the cache directory {root}: {exc}. Set "
-            "GEMMA_KERAS_CACHE to a writable directory."
+            f"Cannot create the cache directory {root}: {exc}. Set GEMMA_KERAS_CACHE to a writable directory."
         ) from exc
     entry = root / key
     if read_manifest(entry) is not None:

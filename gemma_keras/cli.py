@@ -1,7 +1,7 @@
 """The `gemma-keras` command. It parses arguments and calls the library.
 
-    gemma-keras info
-    gemma-keras generate "The capital of France is" --backend jax --max-new-tokens 32
+gemma-keras info
+gemma-keras generate "The capital of France is" --backend jax --max-new-tokens 32
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     import gemma_keras as gk
-
     from gemma_keras.sampling import SamplingParams
 
     # Check the cheap arguments before the slow load.
@@ -130,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="continue a prompt")
     gen.add_argument("prompt", help="the text to continue")
-    gen.add_argument("--model", default=None, help="a .gguf file, preset dir, preset name or hub handle (default: embedded Gemma 3 270M)")
+    gen.add_argument(
+        "--model",
+        default=None,
+        help="a .gguf file, preset dir, preset name or hub handle (default: embedded Gemma 3 270M)",
+    )
     gen.add_argument("--backend", help="jax, tensorflow or torch")
     gen.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
     gen.add_argument("--max-new-tokens", type=int, default=64)

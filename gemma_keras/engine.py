@@ -65,7 +65,7 @@ class DecodeEngine:
         x = backbone.token_embedding(token_ids)
         x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
         new_cache = []
-        for layer, layer_cache in zip(backbone.transformer_layers, cache):
+        for layer, layer_cache in zip(backbone.transformer_layers, cache, strict=True):
             x, layer_cache = layer(
                 x,
                 padding_mask=padding_mask,
@@ -113,7 +113,7 @@ class DecodeEngine:
         variables = self.causal_lm.variables
 
         def stateless(values, token_ids, padding_mask, cache, index):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
                 return self._forward(token_ids, padding_mask, cache, index)
 
         jitted = jax.jit(stateless, donate_argnums=(3,))

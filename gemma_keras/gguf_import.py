@@ -70,8 +70,7 @@ class GGUFModel:
         expected = tuple(int(d) for d in reversed(tensor.shape))
         if array.size != int(np.prod(expected)):
             raise GGUFError(
-                f"{self.path}: tensor {name!r} holds {array.size} values but "
-                f"declares shape {expected}."
+                f"{self.path}: tensor {name!r} holds {array.size} values but declares shape {expected}."
             )
         return np.asarray(array, dtype=np.float32).reshape(expected)
 
@@ -164,9 +163,14 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
             f"{path}: rope.freq_base is {rope_base:g}, but KerasHub's {arch} "
             f"backbone fixes it at {_ROPE_BASE[arch]:g}."
         )
-    for name, value in (("block_count", num_layers), ("embedding_length", hidden),
-                        ("attention.head_count", heads), ("attention.head_count_kv", kv_heads),
-                        ("attention.key_length", head_dim), ("feed_forward_length", ffn)):
+    for name, value in (
+        ("block_count", num_layers),
+        ("embedding_length", hidden),
+        ("attention.head_count", heads),
+        ("attention.head_count_kv", kv_heads),
+        ("attention.key_length", head_dim),
+        ("feed_forward_length", ffn),
+    ):
         if value <= 0 or value > 1 << 20:
             raise GGUFError(f"{path}: {arch}.{name} = {value} is not a valid size.")
     if heads % kv_heads:
@@ -293,17 +297,29 @@ def build_backbone(model: GGUFModel, dtype: str | None = None, progress=None):
         assign(attn.query_dense.kernel, _heads_in(t("attn_q"), cfg["num_query_heads"]), f"blk.{i}.attn_q")
         assign(attn.key_dense.kernel, _heads_in(t("attn_k"), cfg["num_key_value_heads"]), f"blk.{i}.attn_k")
         assign(attn.value_dense.kernel, _heads_in(t("attn_v"), cfg["num_key_value_heads"]), f"blk.{i}.attn_v")
-        assign(attn.output_dense.kernel, _heads_out(t("attn_output"), cfg["num_query_heads"]), f"blk.{i}.attn_output")
+        assign(
+            attn.output_dense.kernel,
+            _heads_out(t("attn_output"), cfg["num_query_heads"]),
+            f"blk.{i}.attn_output",
+        )
         assign(block.pre_ffw_norm.scale, _norm(t("ffn_norm")), f"blk.{i}.ffn_norm")
         assign(block.gating_ffw.kernel, t("ffn_gate").T, f"blk.{i}.ffn_gate")
         assign(block.gating_ffw_2.kernel, t("ffn_up").T, f"blk.{i}.ffn_up")
         assign(block.ffw_linear.kernel, t("ffn_down").T, f"blk.{i}.ffn_down")
         if cfg.get("use_post_attention_norm"):
-            assign(block.post_attention_norm.scale, _norm(t("post_attention_norm")), f"blk.{i}.post_attention_norm")
+            assign(
+                block.post_attention_norm.scale,
+                _norm(t("post_attention_norm")),
+                f"blk.{i}.post_attention_norm",
+            )
         if cfg.get("use_post_ffw_norm"):
             assign(block.post_ffw_norm.scale, _norm(t("post_ffw_norm")), f"blk.{i}.post_ffw_norm")
         if cfg.get("use_query_key_norm"):
             assign(attn.query_norm.scale, _norm(t("attn_q_norm")), f"blk.{i}.attn_q_norm")
             assign(attn.key_norm.scale, _norm(t("attn_k_norm")), f"blk.{i}.attn_k_norm")
-    assign(backbone.get_layer("final_normalization").scale, _norm(model.tensor("output_norm.weight")), "output_norm")
+    assign(
+        backbone.get_layer("final_normalization").scale,
+        _norm(model.tensor("output_norm.weight")),
+        "output_norm",
+    )
     return backbone

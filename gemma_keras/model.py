@@ -53,9 +53,7 @@ class Gemma:
         self.info = info
         self.engine = DecodeEngine(causal_lm)
         end_of_turn = tokenizer.token_to_id("<end_of_turn>")
-        self.default_stop_ids = tuple(
-            i for i in (tokenizer.eos_id, end_of_turn) if i is not None and i >= 0
-        )
+        self.default_stop_ids = tuple(i for i in (tokenizer.eos_id, end_of_turn) if i is not None and i >= 0)
 
     def __repr__(self) -> str:
         i = self.info
@@ -100,20 +98,17 @@ class Gemma:
         )
         texts = [self.tokenizer.decode(row) for row in ids]
         if include_prompt:
-            texts = [p + t for p, t in zip(prompts, texts)]
+            texts = [p + t for p, t in zip(prompts, texts, strict=True)]
         return texts[0] if single else texts
 
     def _check_prompts(self, prompts) -> list[str]:
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise GenerationArgumentError(
-                "prompt must be a non-empty string or a non-empty list of strings, "
-                f"got {prompts!r}."
+                f"prompt must be a non-empty string or a non-empty list of strings, got {prompts!r}."
             )
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
-                raise GenerationArgumentError(
-                    f"prompt[{i}] must be a string, got {type(p).__name__}."
-                )
+                raise GenerationArgumentError(f"prompt[{i}] must be a string, got {type(p).__name__}.")
         return list(prompts)
 
     def _encode_prompts(self, prompts: list[str], add_bos: bool) -> list[list[int]]:
@@ -194,6 +189,8 @@ class Gemma:
     # --- lower-level access -----------------------------------------------------
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Next-token logits after `token_ids` (one sequence), as float32 numpy."""
+        if len(token_ids) == 0:
+            raise GenerationArgumentError("token_ids is empty; pass at least one token id.")
         state = self.engine.start([list(token_ids)], 1)
         return state.logits[0]
 

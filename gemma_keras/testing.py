@@ -25,7 +25,21 @@ import numpy as np
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "[multimodal]"]
 TURN_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
 IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<img>"]
-WORDS = ["the", "of", "and", "to", "in", "is", "France", "Paris", "capital", "hello", "world", "model", "user"]
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "France",
+    "Paris",
+    "capital",
+    "hello",
+    "world",
+    "model",
+    "user",
+]
 
 # Byte layout of each K-quant block: (block bytes, offsets of its f16 scales).
 _K_BLOCKS = {

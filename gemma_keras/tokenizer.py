@@ -48,7 +48,7 @@ def proto_from_gguf_vocab(
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
     model = sp_pb2.ModelProto()
-    for index, (piece, kind) in enumerate(zip(tokens, token_types)):
+    for index, (piece, kind) in enumerate(zip(tokens, token_types, strict=True)):
         kind = int(kind)
         if piece and " " in piece and not piece.strip():
             piece, kind = SPACE * len(piece), NORMAL
@@ -106,9 +106,7 @@ class GemmaTokenizer:
         self.bos_id = self._sp.bos_id()
         self.eos_id = self._sp.eos_id()
         self.pad_id = max(self._sp.pad_id(), 0)
-        self._control = {
-            self._sp.id_to_piece(i): i for i in range(n) if self._sp.is_control(i)
-        }
+        self._control = {self._sp.id_to_piece(i): i for i in range(n) if self._sp.is_control(i)}
         # Longest first, so `<start_of_turn>` wins over any shorter prefix.
         names = sorted(self._control, key=len, reverse=True)
         self._control_re = re.compile("|".join(re.escape(s) for s in names)) if names else None

@@ -1,0 +1,85 @@
+"""Test set-up shared by every backend session.
+
+The backend comes from KERAS_BACKEND (each nox session sets its own) and is
+fixed here before anything imports keras. Hubs are switched off so no test
+can reach the network.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ["GEMMA_KERAS_OFFLINE"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The real model's conversion is shared by the backend sessions of one run.
+_SHARED_CACHE = Path(os.environ.get("GEMMA_KERAS_TEST_CACHE") or tempfile.mkdtemp(prefix="gk-test-cache-"))
+os.environ["GEMMA_KERAS_CACHE"] = str(_SHARED_CACHE)
+
+import gemma_keras as gk  # noqa: E402
+
+BACKEND = gk.use_backend(os.environ.get("KERAS_BACKEND") or gk.current_backend())
+ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+
+
+def pytest_report_header(config):
+    return f"gemma_keras backend: {BACKEND}; cache: {_SHARED_CACHE}"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_dir):
+    """`tiny_gguf(arch, qtype="F32", **config)` -> (path, expected tensors), memoized."""
+    from gemma_keras.testing import TinyConfig, write_tiny_gguf
+
+    made: dict = {}
+
+    def make(architecture: str = "gemma3", qtype: str = "F32", seed: int = 0, **config):
+        key = (architecture, qtype, seed, tuple(sorted(config.items())))
+        if key not in made:
+            name = f"{architecture}-{qtype}-{seed}-{abs(hash(key[3]))}.gguf"
+            path = tiny_dir / name
+            expected = write_tiny_gguf(path, architecture, TinyConfig(**config), qtype=qtype, seed=seed)
+            made[key] = (path, expected)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_gguf):
+    """`tiny_model(arch, qtype="F32", **config)` -> a loaded `Gemma`, memoized."""
+    loaded: dict = {}
+
+    def make(architecture: str = "gemma3", qtype: str = "F32", **config):
+        key = (architecture, qtype, tuple(sorted(config.items())))
+        if key not in loaded:
+            path, _ = tiny_gguf(architecture, qtype, **config)
+            loaded[key] = gk.load(path)
+        return loaded[key]
+
+    return make
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty cache directory for one test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GEMMA_KERAS_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    return gk.load()
+
+
+def cache_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []

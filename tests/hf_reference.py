@@ -1,0 +1,77 @@
+"""Hugging Face transformers models as an independent reference.
+
+transformers reads Gemma 2 and Gemma 3 GGUF files itself. It has no GGUF
+reader for Gemma 1, so for that one the reference is built from the same
+float tensors by hand, with transformers' own weight names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def hf_from_gguf(path: Path, head_dim: int | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    model.eval()
+    if head_dim is not None:
+        # transformers' GGUF config leaves query_pre_attn_scalar at 256;
+        # llama.cpp (and we) scale by 1/sqrt(head_dim). Real Gemma 2/3 models
+        # below 27B have head_dim 256, so both agree there.
+        for layer in model.model.layers:
+            layer.self_attn.scaling = head_dim**-0.5
+    return model
+
+
+def hf_gemma1_from_tensors(tensors: dict[str, np.ndarray], cfg, vocab_size: int):
+    import torch
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    config = GemmaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.ffn,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=cfg.context,
+        hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=True,
+    )
+    model = GemmaForCausalLM(config).eval()
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    for i in range(cfg.num_layers):
+        for hf_name, gguf_name in {
+            "input_layernorm": "attn_norm",
+            "post_attention_layernorm": "ffn_norm",
+            "self_attn.q_proj": "attn_q",
+            "self_attn.k_proj": "attn_k",
+            "self_attn.v_proj": "attn_v",
+            "self_attn.o_proj": "attn_output",
+            "mlp.gate_proj": "ffn_gate",
+            "mlp.up_proj": "ffn_up",
+            "mlp.down_proj": "ffn_down",
+        }.items():
+            names[f"model.layers.{i}.{hf_name}.weight"] = f"blk.{i}.{gguf_name}.weight"
+    state = {}
+    for hf_name, gguf_name in names.items():
+        value = tensors[gguf_name]
+        if value.ndim == 1:  # llama.cpp's 1 + w back to transformers' w
+            value = value - 1.0
+        state[hf_name] = torch.tensor(value)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    return model
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()

@@ -1,0 +1,90 @@
+"""The conversion cache: built once, reused, never left half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import gemma_keras as gk
+from gemma_keras import cache, sources
+from tests.conftest import cache_files
+
+
+def _count_conversions(monkeypatch) -> list:
+    calls = []
+    real = sources._convert
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "_convert", counting)
+    return calls
+
+
+def test_first_load_converts_and_second_reuses(tiny_gguf, isolated_cache, monkeypatch):
+    path, _ = tiny_gguf("gemma3", "Q8_0")
+    calls = _count_conversions(monkeypatch)
+    first = gk.load(path)
+    sha = cache.file_sha256(path)
+    entry = isolated_cache / "gguf" / sha
+    manifest = cache.read_manifest(entry)
+    assert manifest is not None and manifest["source_sha256"] == sha
+    assert manifest["architecture"] == "gemma3"
+    assert (entry / "config.json").is_file()
+    second = gk.load(path)
+    assert len(calls) == 1
+    ids = first.tokenizer.encode("hello world")
+    import numpy as np
+
+    np.testing.assert_allclose(first.logits(ids), second.logits(ids), atol=1e-6)
+    # Nothing temporary is left next to the entry.
+    assert not [p for p in (isolated_cache / "gguf").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_conversion_leaves_nothing(tiny_gguf, isolated_cache, monkeypatch):
+    path, _ = tiny_gguf("gemma2")
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("gemma_keras.gguf_import.build_backbone", explode)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        gk.load(path)
+    leftovers = [p for p in cache_files(isolated_cache) if not p.name.endswith(".lock")]
+    assert leftovers == []
+    assert [p for p in (isolated_cache / "gguf").iterdir() if p.is_dir()] == []
+
+
+def test_broken_entry_is_rebuilt_not_trusted(tiny_gguf, isolated_cache, monkeypatch):
+    path, _ = tiny_gguf("gemma")
+    calls = _count_conversions(monkeypatch)
+    gk.load(path)
+    entry = isolated_cache / "gguf" / cache.file_sha256(path)
+    manifest = json.loads((entry / cache.MANIFEST).read_text())
+    weights = next(name for name in manifest["files"] if name.endswith(".h5"))
+    with open(entry / weights, "r+b") as f:  # a truncated weights file
+        f.truncate(100)
+    assert cache.read_manifest(entry) is None
+    lm = gk.load(path)
+    assert len(calls) == 2
+    assert cache.read_manifest(entry) is not None
+    assert lm.generate("hello", max_new_tokens=2, stop_token_ids=()) is not None
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("GEMMA_KERAS_CACHE", str(tmp_path / "x"))
+    assert cache.cache_dir() == tmp_path / "x"
+    monkeypatch.delenv("GEMMA_KERAS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "gemma_keras"
+
+
+def test_unwritable_cache_gives_a_clear_error(tiny_gguf, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("GEMMA_KERAS_CACHE", str(blocker / "cache"))
+    path, _ = tiny_gguf("gemma3")
+    with pytest.raises(gk.CacheError, match="GEMMA_KERAS_CACHE"):
+        gk.load(path)

@@ -1,0 +1,87 @@
+"""generate on tiny models: greedy, batching, stops, sampling, buckets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gemma_keras as gk
+from tests.conftest import ARCHITECTURES
+
+
+def _greedy_reference(lm, ids: list[int], steps: int) -> list[int]:
+    """Greedy decoding by full recomputation, without the engine's cache."""
+    ids = list(ids)
+    out = []
+    for _ in range(steps):
+        token = int(np.argmax(lm.score(ids)[-1]))
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_cached_decoding_matches_full_recompute_past_the_window(tiny_model, arch):
+    lm = tiny_model(arch)
+    prompt = "the capital of France"
+    ids = lm.tokenizer.encode(prompt)
+    steps = 24  # prompt + steps is well past the sliding window of 8
+    got = lm._generate_ids([prompt], steps, gk.SamplingParams(), (), True)[0]
+    assert got == _greedy_reference(lm, ids, steps)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_batch_of_different_lengths_matches_one_by_one(tiny_model, arch):
+    lm = tiny_model(arch)
+    prompts = ["hello", "the capital of France is Paris and", "model"]
+    batched = lm.generate(prompts, max_new_tokens=12, stop_token_ids=())
+    single = [lm.generate(p, max_new_tokens=12, stop_token_ids=()) for p in prompts]
+    assert batched == single
+
+
+def test_greedy_is_deterministic_and_returns_strings(tiny_model):
+    lm = tiny_model("gemma3")
+    a = lm.generate("hello world", max_new_tokens=10, stop_token_ids=())
+    b = lm.generate("hello world", max_new_tokens=10, stop_token_ids=())
+    assert isinstance(a, str) and a == b
+    assert lm.generate(["hello world"], max_new_tokens=10, stop_token_ids=()) == [a]
+    assert (
+        lm.generate("hello world", max_new_tokens=10, stop_token_ids=(), include_prompt=True)
+        == "hello world" + a
+    )
+
+
+def test_stop_token_ids_end_generation_and_are_not_returned(tiny_model):
+    lm = tiny_model("gemma3")
+    prompt = "hello world"
+    free = lm._generate_ids([prompt], 10, gk.SamplingParams(), (), True)[0]
+    stop = free[3]
+    stopped = lm._generate_ids([prompt], 10, gk.SamplingParams(), [stop], True)[0]
+    assert stopped == free[: free.index(stop)]
+
+
+def test_seed_makes_sampling_reproducible(tiny_model):
+    lm = tiny_model("gemma2")
+    kwargs = dict(max_new_tokens=12, temperature=1.0, stop_token_ids=())
+    a = lm.generate("hello", seed=7, **kwargs)
+    assert a == lm.generate("hello", seed=7, **kwargs)
+    others = {lm.generate("hello", seed=s, **kwargs) for s in range(8)}
+    assert len(others) > 1  # the seed really changes the draw
+
+
+def test_top_k_one_is_greedy(tiny_model):
+    lm = tiny_model("gemma3")
+    greedy = lm.generate("hello", max_new_tokens=8, stop_token_ids=())
+    sampled = lm.generate("hello", max_new_tokens=8, stop_token_ids=(), temperature=5.0, top_k=1, seed=3)
+    assert sampled == greedy
+
+
+def test_new_lengths_in_a_bucket_reuse_compiled_functions(tiny_model):
+    lm = tiny_model("gemma")
+    lm.generate("hello", max_new_tokens=5, stop_token_ids=())
+    traces = lm.engine.trace_count
+    lm.generate("hello", max_new_tokens=9, stop_token_ids=())
+    lm.generate("hello world and the model", max_new_tokens=20, stop_token_ids=())
+    if lm.engine.backend == "torch":
+        pytest.skip("torch runs eagerly: there is nothing to retrace")
+    assert lm.engine.trace_count == traces
