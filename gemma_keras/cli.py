@@ -85,12 +85,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    import gemma_keras as gk
+def _sampling_from(args: argparse.Namespace):
     from gemma_keras.sampling import SamplingParams
 
-    # Check the cheap arguments before the slow load.
-    sampling = SamplingParams(
+    return SamplingParams(
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
@@ -98,22 +96,103 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )
+
+
+def _load(args: argparse.Namespace):
+    import gemma_keras as gk
+
     if args.max_new_tokens < 1:
         raise gk.GenerationArgumentError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
-    if not args.prompt:
-        raise gk.GenerationArgumentError("the prompt is empty; give some text to continue.")
     if args.backend:
         gk.use_backend(args.backend)
     with Spinner() as spinner:
-        lm = gk.load(args.model, dtype=args.dtype, progress=spinner.update)
-    text = lm.generate(
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        include_prompt=args.include_prompt,
-        **sampling.as_kwargs(),
-    )
-    print(text)
+        return gk.load(args.model, dtype=args.dtype, progress=spinner.update)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import gemma_keras as gk
+
+    # Check the cheap arguments before the slow load.
+    sampling = _sampling_from(args)
+    if not args.prompt:
+        raise gk.GenerationArgumentError("the prompt is empty; give some text to continue.")
+    lm = _load(args)
+    options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop or None, **sampling.as_kwargs())
+    if args.no_stream:
+        print(lm.generate(args.prompt, include_prompt=args.include_prompt, **options))
+        return 0
+    if args.include_prompt:
+        print(args.prompt, end="", flush=True)
+    try:
+        for piece in lm.stream(args.prompt, **options):
+            print(piece, end="", flush=True)
+    finally:
+        print(flush=True)
     return 0
+
+
+def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+    import gemma_keras as gk
+
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    sampling = _sampling_from(args)
+    lm = _load(args)
+    chat = lm.chat(system=args.system, max_new_tokens=args.max_new_tokens, **sampling.as_kwargs())
+    interactive = stdin.isatty()
+    print("Chat with Gemma. /reset clears the history, /exit quits; Ctrl-C stops a reply.", file=stdout)
+    while True:
+        if interactive:
+            try:
+                line = input("you> ")
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                print("\n(type /exit to quit)", file=stdout)
+                continue
+        else:
+            print("you> ", end="", file=stdout, flush=True)
+            line = stdin.readline()
+            if not line:
+                break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            chat.reset()
+            print("(history cleared)", file=stdout)
+            continue
+        print("gemma> ", end="", file=stdout, flush=True)
+        reply = chat.stream(text)
+        try:
+            for piece in reply:
+                print(piece, end="", file=stdout, flush=True)
+        except KeyboardInterrupt:
+            reply.close()  # records the partial reply; the session goes on
+            print(" [stopped]", end="", file=stdout)
+        except gk.GenerationArgumentError as exc:
+            print(f"\n(error: {exc})", end="", file=stdout)
+        print(file=stdout, flush=True)
+    return 0
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a .gguf file, preset dir, preset name or hub handle (default: embedded Gemma 3 270M)",
+    )
+    parser.add_argument("--backend", help="jax, tensorflow or torch")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--min-p", type=float, default=None)
+    parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,24 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--backend", help="jax, tensorflow or torch")
     info.set_defaults(func=_cmd_info)
 
-    gen = sub.add_parser("generate", help="continue a prompt")
+    gen = sub.add_parser("generate", help="continue a prompt (streams by default)")
     gen.add_argument("prompt", help="the text to continue")
+    _add_model_flags(gen, max_new_tokens=64)
+    gen.add_argument("--stop", action="append", help="a stop string (repeatable)")
     gen.add_argument(
-        "--model",
-        default=None,
-        help="a .gguf file, preset dir, preset name or hub handle (default: embedded Gemma 3 270M)",
+        "--no-stream", action="store_true", help="print the text at the end instead of streaming"
     )
-    gen.add_argument("--backend", help="jax, tensorflow or torch")
-    gen.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--min-p", type=float, default=None)
-    gen.add_argument("--repetition-penalty", type=float, default=None)
-    gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--include-prompt", action="store_true", help="print the prompt before the continuation")
     gen.set_defaults(func=_cmd_generate)
+
+    chat = sub.add_parser("chat", help="an interactive multi-turn chat that streams replies")
+    _add_model_flags(chat, max_new_tokens=256)
+    chat.add_argument("--system", default=None, help="a system prompt, folded into the first user turn")
+    chat.set_defaults(func=_cmd_chat)
     return parser
 
 

