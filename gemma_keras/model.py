@@ -254,6 +254,32 @@ class Gemma:
         for row, collector in enumerate(collectors):
             yield row, collector.finish()
 
+    # --- quantization -----------------------------------------------------------
+    def quantize(self, mode: str = "int8") -> Gemma:
+        """Quantizes the weights in place with Keras' own quantization.
+
+        Only `"int8"` (weight-only int8 with per-channel scales) is offered.
+        Returns `self`, so `gk.load().quantize("int8")` reads naturally.
+        """
+        from gemma_keras.engine import DecodeEngine
+        from gemma_keras.errors import UnsupportedModelError
+
+        if mode != "int8":
+            raise GenerationArgumentError(f"quantize mode must be 'int8', got {mode!r}.")
+        if self.info.dtype.endswith("+int8"):
+            raise UnsupportedModelError("The model is already quantized to int8.")
+        try:
+            self.causal_lm.quantize(mode)
+        except Exception as exc:  # Keras raises a variety here; say which backend
+            raise UnsupportedModelError(
+                f"Keras cannot quantize this model to {mode} on the {self.info.backend} backend: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        # The variables changed, so compiled functions must be rebuilt.
+        self.engine = DecodeEngine(self.causal_lm)
+        self.info.dtype = f"{self.info.dtype}+int8"
+        return self
+
     # --- lower-level access -----------------------------------------------------
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Next-token logits after `token_ids` (one sequence), as float32 numpy."""

@@ -85,3 +85,23 @@ def test_new_lengths_in_a_bucket_reuse_compiled_functions(tiny_model):
     if lm.engine.backend == "torch":
         pytest.skip("torch runs eagerly: there is nothing to retrace")
     assert lm.engine.trace_count == traces
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_torch_fast_path_matches_the_keras_layers(tiny_model, arch):
+    """On torch the engine runs plain torch; it must give KerasHub's numbers."""
+    lm = tiny_model(arch)
+    if lm.engine.backend != "torch":
+        pytest.skip("the plain-torch decode path exists only on the torch backend")
+    prompts = ["the capital of France is Paris and hello world", "model"]
+    encoded = [lm.tokenizer.encode(p) for p in prompts]
+    fast = lm.engine.start(encoded, 16)
+    assert lm.engine._torch_decoder() is not None
+    lm.engine.use_torch_fast_path = False
+    try:
+        slow = lm.engine.start(encoded, 16)
+        np.testing.assert_allclose(fast.logits, slow.logits, atol=1e-4)
+        for token in ([5, 9], [17, 3], [40, 41]):  # past the sliding window of 8
+            np.testing.assert_allclose(fast.step(np.array(token)), slow.step(np.array(token)), atol=1e-4)
+    finally:
+        lm.engine.use_torch_fast_path = True
