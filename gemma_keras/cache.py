@@ -50,14 +50,23 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(entry: Path) -> dict[str, Any] | None:
-    """The entry's manifest when the entry is complete and intact, else None."""
+def read_manifest(entry: Path, verify: bool = True) -> dict[str, Any] | None:
+    """The entry's manifest when the entry is complete and intact, else None.
+
+    Sizes are always checked; with `verify`, every file's sha256 too (about
+    half a second for the 270M model's 1 GB of float32 weights).
+    """
     try:
         manifest = json.loads((entry / MANIFEST).read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
             return None
-        for name, size in manifest["files"].items():
-            if (entry / name).stat().st_size != size:
+        for name, meta in manifest["files"].items():
+            path = entry / name
+            if not path.resolve().is_relative_to(entry.resolve()):
+                return None  # a manifest that points outside its entry is forged
+            if path.stat().st_size != meta["size"]:
+                return None
+            if verify and file_sha256(path) != meta["sha256"]:
                 return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -66,7 +75,7 @@ def read_manifest(entry: Path) -> dict[str, Any] | None:
 
 def write_manifest(entry: Path, info: dict[str, Any]) -> None:
     files = {
-        str(p.relative_to(entry)): p.stat().st_size
+        str(p.relative_to(entry)): {"size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(entry.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -123,6 +132,9 @@ def get_or_build(
         # Another process may have finished the entry while we waited.
         if read_manifest(entry) is not None:
             return entry, False
+        # Whoever left these was killed: the lock is ours, so nobody owns them.
+        for stale in root.glob(f".{key}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.", suffix=".tmp"))
         try:
             info = build(tmp)
@@ -130,20 +142,13 @@ def get_or_build(
             if entry.exists():  # a broken entry from an older crash
                 shutil.rmtree(entry)
             os.rename(tmp, entry)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CacheError(
+                f"Could not write the cache entry {entry}: {exc}. Free some space or set "
+                "GEMMA_KERAS_CACHE to another directory; nothing was left behind."
+            ) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return entry, True
-
-
-def clean_stale_temporaries() -> int:
-    """Removes temporary directories left by killed conversions."""
-    removed = 0
-    for kind_dir in cache_dir().glob("*"):
-        for tmp in kind_dir.glob(".*.tmp"):
-            lock = kind_dir / f".{tmp.name.split('.')[1]}.lock"
-            with _locked(lock):
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
-                    removed += 1
-    return removed

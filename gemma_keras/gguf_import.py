@@ -229,6 +229,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
             sliding_window_size=int(key("attention.sliding_window", 1024)),
             global_rope_scaling_factor=float(key("rope.scaling.factor", 1.0) or 1.0),
         )
+    _check_tensor_shapes(path, reader, arch, config, ffn)
     return GGUFModel(
         path=path,
         architecture=arch,
@@ -239,6 +240,57 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
         special_ids=special,
         reader=reader,
     )
+
+
+def expected_tensor_shapes(arch: str, config: dict[str, Any], ffn: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Gemma GGUF must hold, with its `(out, in)` shape."""
+    hidden, head_dim = config["hidden_dim"], config["head_dim"]
+    q_dim, kv_dim = config["num_query_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (config["vocabulary_size"], hidden),
+        "output_norm.weight": (hidden,),
+    }
+    norms = ["attn_norm", "ffn_norm"] + (["post_attention_norm", "post_ffw_norm"] if arch != "gemma" else [])
+    for i in range(config["num_layers"]):
+        shapes.update(
+            {
+                f"blk.{i}.attn_q.weight": (q_dim, hidden),
+                f"blk.{i}.attn_k.weight": (kv_dim, hidden),
+                f"blk.{i}.attn_v.weight": (kv_dim, hidden),
+                f"blk.{i}.attn_output.weight": (hidden, q_dim),
+                f"blk.{i}.ffn_gate.weight": (ffn, hidden),
+                f"blk.{i}.ffn_up.weight": (ffn, hidden),
+                f"blk.{i}.ffn_down.weight": (hidden, ffn),
+            }
+        )
+        shapes.update({f"blk.{i}.{n}.weight": (hidden,) for n in norms})
+        if arch == "gemma3":
+            shapes[f"blk.{i}.attn_q_norm.weight"] = (head_dim,)
+            shapes[f"blk.{i}.attn_k_norm.weight"] = (head_dim,)
+    return shapes
+
+
+def _check_tensor_shapes(path: Path, reader, arch: str, config: dict[str, Any], ffn: int) -> None:
+    """Checks every tensor against the metadata before anything is allocated.
+
+    The tensors' bytes are already known to lie inside the file, so a model
+    whose shapes all match cannot be larger than the file implies: absurd
+    sizes in the metadata are caught here, not by a MemoryError later.
+    """
+    found = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    if config["num_layers"] > len(found):
+        raise GGUFError(
+            f"{path}: block_count {config['num_layers']} but only {len(found)} tensors in the file."
+        )
+    for name, shape in expected_tensor_shapes(arch, config, ffn).items():
+        if name not in found:
+            raise GGUFError(
+                f"{path}: the tensor {name!r} is missing; the file is incomplete or not a {arch} model."
+            )
+        if found[name] != shape:
+            raise GGUFError(
+                f"{path}: tensor {name!r} has shape {found[name]}, but the metadata implies {shape}."
+            )
 
 
 def _optional_float(value) -> float | None:

@@ -234,9 +234,7 @@ class Gemma:
                 seen[row, ids] = True
         state = self.engine.start(encoded, max_new_tokens)
         done = np.zeros(len(encoded), dtype=bool)
-        logits = state.logits
-        for step in range(max_new_tokens):
-            chosen = next_tokens(logits, params, rng, seen)
+        for chosen in self._picks(state, params, rng, seen, done, max_new_tokens):
             for row, token in enumerate(chosen.tolist()):
                 if done[row]:
                     continue
@@ -248,11 +246,37 @@ class Gemma:
                 piece = collectors[row].feed(token)
                 done[row] = collectors[row].stopped
                 yield row, piece
-            if done.all() or step == max_new_tokens - 1:
-                break
-            logits = state.step(np.where(done, self.tokenizer.pad_id, chosen))
         for row, collector in enumerate(collectors):
             yield row, collector.finish()
+
+    def _picks(self, state, params, rng, seen, done, max_new_tokens) -> Iterator[np.ndarray]:
+        """Yields the next token of every row, until `max_new_tokens` or all rows are done.
+
+        The consumer updates `done` (and `seen`) between yields. Greedy decoding
+        without a repetition penalty runs in compiled chunks where the engine
+        offers them; everything else samples on the host, one step at a time.
+        """
+        from gemma_keras.engine import CHUNK
+
+        chunked = params.greedy and seen is None and state.can_chunk
+        chosen = next_tokens(state.logits, params, rng, seen)
+        remaining = max_new_tokens
+        while True:
+            yield chosen
+            remaining -= 1
+            if remaining == 0 or done.all():
+                return
+            feed = np.where(done, self.tokenizer.pad_id, chosen)
+            if not chunked:
+                chosen = next_tokens(state.step(feed), params, rng, seen)
+                continue
+            picks = state.greedy_chunk(feed)
+            for j in range(CHUNK - 1):
+                yield picks[:, j]
+                remaining -= 1
+                if remaining == 0 or done.all():
+                    return
+            chosen = picks[:, -1]
 
     # --- quantization -----------------------------------------------------------
     def quantize(self, mode: str = "int8") -> Gemma:

@@ -166,7 +166,7 @@ def load_gguf(
 
     entry, _ = cache.get_or_build("gguf", sha, build)
     if "lm" in built and dtype == "float32":
-        return _wrap(built["lm"], cache.read_manifest(entry), source or str(path), dtype)
+        return _wrap(built["lm"], cache.read_manifest(entry, verify=False), source or str(path), dtype)
     return _load_cached(entry, dtype, progress, source=source or str(path))
 
 
@@ -204,17 +204,26 @@ def _load_cached(entry: Path, dtype: str, progress: Progress | None, source: str
     _report(progress, "loading the cached Keras preset", 0.5)
     lm = _from_preset(str(entry), dtype)
     _report(progress, "done", 1.0)
-    return _wrap(lm, cache.read_manifest(entry), source, dtype)
+    return _wrap(lm, cache.read_manifest(entry, verify=False), source, dtype)
 
 
 def _from_preset(preset: str, dtype: str):
     import keras_hub
 
     try:
+        # Keras' default safe mode refuses Lambda layers and other code in a
+        # config. (Forcing SafeModeScope(True) is not possible: KerasHub then
+        # refuses its own tokenizer asset.)
         return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
     except GemmaKerasError:
         raise
     except Exception as exc:
+        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower():
+            raise SourceError(
+                f"Refused to load {preset!r}: its config holds code (a Lambda layer or another "
+                "unsafe object), and gemma_keras loads presets with Keras safe_mode on. Load only "
+                f"presets you trust. ({type(exc).__name__}: {exc})"
+            ) from exc
         raise SourceError(f"KerasHub could not load {preset!r}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -224,7 +233,7 @@ def _load_preset_dir(path: Path, dtype: str, progress: Progress | None):
             f"{path} is a directory but holds no config.json, so it is neither "
             "a Keras preset nor a Hugging Face checkpoint."
         )
-    manifest = cache.read_manifest(path)
+    manifest = cache.read_manifest(path, verify=False)
     _report(progress, "loading the Keras preset", 0.5)
     lm = _from_preset(str(path), dtype)
     return _wrap(lm, manifest, str(path), dtype)

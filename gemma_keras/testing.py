@@ -164,30 +164,17 @@ def write_tiny_gguf(
     writer.add_add_bos_token(True)
     writer.add_add_space_prefix(False)
 
-    q_dim = cfg.heads * cfg.head_dim
-    kv_dim = cfg.kv_heads * cfg.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (len(tokens), cfg.hidden)}
-    norms = ["attn_norm", "ffn_norm"]
-    if architecture in ("gemma2", "gemma3"):
-        norms += ["post_attention_norm", "post_ffw_norm"]
-    for i in range(cfg.num_layers):
-        shapes.update(
-            {
-                f"blk.{i}.attn_q.weight": (q_dim, cfg.hidden),
-                f"blk.{i}.attn_k.weight": (kv_dim, cfg.hidden),
-                f"blk.{i}.attn_v.weight": (kv_dim, cfg.hidden),
-                f"blk.{i}.attn_output.weight": (cfg.hidden, q_dim),
-                f"blk.{i}.ffn_gate.weight": (cfg.ffn, cfg.hidden),
-                f"blk.{i}.ffn_up.weight": (cfg.ffn, cfg.hidden),
-                f"blk.{i}.ffn_down.weight": (cfg.hidden, cfg.ffn),
-            }
-        )
-        shapes.update({f"blk.{i}.{n}.weight": (cfg.hidden,) for n in norms})
-        if architecture == "gemma3":
-            shapes[f"blk.{i}.attn_q_norm.weight"] = (cfg.head_dim,)
-            shapes[f"blk.{i}.attn_k_norm.weight"] = (cfg.head_dim,)
-    shapes["output_norm.weight"] = (cfg.hidden,)
+    from gemma_keras.gguf_import import expected_tensor_shapes
 
+    config = {
+        "vocabulary_size": len(tokens),
+        "num_layers": cfg.num_layers,
+        "num_query_heads": cfg.heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "hidden_dim": cfg.hidden,
+        "head_dim": cfg.head_dim,
+    }
+    shapes = expected_tensor_shapes(architecture, config, cfg.ffn)
     expected: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         if len(shape) == 1:  # llama.cpp stores RMSNorm weights as 1 + w

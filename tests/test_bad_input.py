@@ -148,3 +148,31 @@ def test_bad_generation_arguments(tiny_model, kwargs, name):
     lm = tiny_model("gemma3")
     with pytest.raises(gk.GenerationArgumentError, match=name):
         lm.generate("hello", **kwargs)
+
+
+def test_preset_smuggling_a_lambda_is_refused(tiny_gguf, tmp_path, isolated_cache):
+    """A preset whose config carries code is refused before any code runs."""
+    import json
+    import shutil
+
+    from gemma_keras import cache
+
+    path, _ = tiny_gguf("gemma3")
+    gk.load(path)
+    preset = tmp_path / "evil_preset"
+    shutil.copytree(isolated_cache / "gguf" / cache.file_sha256(path), preset)
+    marker = tmp_path / "pwned"
+    code = f"lambda x: __import__('pathlib').Path({str(marker)!r}).write_text('x') or x"
+    config = json.loads((preset / "config.json").read_text())
+    config.update(
+        {
+            "module": "keras.layers",
+            "class_name": "Lambda",
+            "registered_name": None,
+            "config": {"name": "evil", "function": {"class_name": "__lambda__", "config": {"code": code}}},
+        }
+    )
+    (preset / "config.json").write_text(json.dumps(config))
+    with pytest.raises(gk.SourceError, match="Refused to load.*safe_mode"):
+        gk.load(preset)
+    assert not marker.exists()

@@ -88,3 +88,56 @@ def test_unwritable_cache_gives_a_clear_error(tiny_gguf, tmp_path, monkeypatch):
     path, _ = tiny_gguf("gemma3")
     with pytest.raises(gk.CacheError, match="GEMMA_KERAS_CACHE"):
         gk.load(path)
+
+
+def test_flipped_byte_of_the_same_size_fails_the_checksum(tiny_gguf, isolated_cache, monkeypatch):
+    path, _ = tiny_gguf("gemma3", "Q4_0")
+    calls = _count_conversions(monkeypatch)
+    gk.load(path)
+    entry = isolated_cache / "gguf" / cache.file_sha256(path)
+    weights = entry / "model.weights.h5"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert cache.read_manifest(entry, verify=False) is not None  # sizes still match
+    assert cache.read_manifest(entry) is None  # the checksum does not
+    gk.load(path)
+    assert len(calls) == 2 and cache.read_manifest(entry) is not None
+
+
+def test_disk_full_leaves_the_cache_untouched(tiny_gguf, isolated_cache, monkeypatch):
+    import errno
+
+    path, _ = tiny_gguf("gemma3")
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("keras_hub.models.CausalLM.save_to_preset", full)
+    with pytest.raises(gk.CacheError, match="No space left on device.*nothing was left behind"):
+        gk.load(path)
+    assert [p for p in cache_files(isolated_cache) if not p.name.endswith(".lock")] == []
+
+
+def test_leftovers_of_a_killed_conversion_are_removed(tiny_gguf, isolated_cache):
+    path, _ = tiny_gguf("gemma2")
+    sha = cache.file_sha256(path)
+    stale = isolated_cache / "gguf" / f".{sha}.deadbeef.tmp"
+    stale.mkdir(parents=True)
+    (stale / "model.weights.h5").write_bytes(b"half a file")
+    gk.load(path)
+    assert not stale.exists()
+    assert cache.read_manifest(isolated_cache / "gguf" / sha) is not None
+
+
+def test_metadata_strings_never_become_paths(tmp_path, isolated_cache):
+    from gemma_keras.testing import write_tiny_gguf
+
+    path = tmp_path / "evil.gguf"
+    write_tiny_gguf(path, "gemma3")
+    data = path.read_bytes().replace(b"tiny-gemma3", b"../../../xx")  # general.name, same length
+    path.write_bytes(data)
+    gk.load(path)
+    names = sorted(p.name for p in (isolated_cache / "gguf").iterdir() if not p.name.endswith(".lock"))
+    assert names == [cache.file_sha256(path)]
+    assert not (tmp_path / "xx").exists() and not (isolated_cache.parent / "xx").exists()

@@ -1,0 +1,88 @@
+"""Killed processes and concurrent first loads never leave a broken cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import gemma_keras as gk
+from gemma_keras import cache
+from tests.conftest import BACKEND
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import gemma_keras as gk
+    from gemma_keras import sources
+
+    real = sources._convert
+    marker, pause = sys.argv[2], float(sys.argv[3])
+
+    def convert(model_info, out_dir, progress):
+        lm = real(model_info, out_dir, progress)
+        open(marker, "a").write("converted\\n")
+        time.sleep(pause)  # the preset is written, the entry not yet renamed
+        return lm
+
+    sources._convert = convert
+    lm = gk.load(sys.argv[1])
+    print("GENERATED", repr(lm.generate("hello", max_new_tokens=3, stop_token_ids=())))
+    """
+)
+
+
+def _spawn(gguf: Path, marker: Path, cache_root: Path, pause: float) -> subprocess.Popen:
+    env = dict(os.environ, GEMMA_KERAS_CACHE=str(cache_root), KERAS_BACKEND=BACKEND, GEMMA_KERAS_OFFLINE="1")
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(gguf), str(marker), str(pause)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the child never reached the conversion"
+        time.sleep(0.2)
+
+
+def test_sigkill_during_first_conversion_then_recovery(tiny_gguf, tmp_path, isolated_cache):
+    path, _ = tiny_gguf("gemma3", "Q8_0")
+    marker = tmp_path / "marker"
+    child = _spawn(path, marker, isolated_cache, pause=600)
+    _wait_for(marker, child)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    sha = cache.file_sha256(path)
+    root = isolated_cache / "gguf"
+    assert not (root / sha).exists()  # nothing was published
+    assert list(root.glob(f".{sha}.*.tmp"))  # the half-built entry is still there
+    # The next run recovers on its own: it rebuilds and clears the leftovers.
+    lm = gk.load(path)
+    assert cache.read_manifest(root / sha) is not None
+    assert not list(root.glob(f".{sha}.*.tmp"))
+    assert lm.generate("hello", max_new_tokens=3, stop_token_ids=()) is not None
+
+
+def test_two_processes_loading_the_same_file_first_time(tiny_gguf, tmp_path, isolated_cache):
+    path, _ = tiny_gguf("gemma2", "Q8_0")
+    marker = tmp_path / "conversions"
+    children = [_spawn(path, marker, isolated_cache, pause=1.0) for _ in range(2)]
+    outputs = [child.communicate(timeout=600) for child in children]
+    for child, (out, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err[-3000:]
+        assert "GENERATED" in out
+    assert marker.read_text().count("converted") == 1  # the lock made one convert, one wait
+    generated = [out.split("GENERATED", 1)[1].strip() for out, _ in outputs]
+    assert generated[0] == generated[1]
+    entries = [p for p in (isolated_cache / "gguf").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and cache.read_manifest(entries[0]) is not None
