@@ -2,7 +2,7 @@
 
 An entry lives at `<cache>/gguf/<sha256 of the file>/` and holds a KerasHub
 preset plus `gemma_keras.json`, which is written last and lists every file
-with its size. An entry is only trusted when that manifest exists and
+with its size and sha256. An entry is only trusted when that manifest exists and
 matches, so a conversion killed half-way is rebuilt, never used.
 
 Entries are built in a temporary directory beside the final one and moved
@@ -99,7 +99,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path) -> Iterator[None]:
     with open(lock_path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -128,7 +128,7 @@ def get_or_build(
     entry = root / key
     if read_manifest(entry) is not None:
         return entry, False
-    with _locked(root / f".{key}.lock"):
+    with locked(root / f".{key}.lock"):
         # Another process may have finished the entry while we waited.
         if read_manifest(entry) is not None:
             return entry, False

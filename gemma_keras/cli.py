@@ -2,6 +2,7 @@
 
 gemma-keras info
 gemma-keras generate "The capital of France is" --backend jax --max-new-tokens 32
+gemma-keras chat --backend torch --system "Answer briefly."
 """
 
 from __future__ import annotations

@@ -2,18 +2,22 @@
 
 KerasHub's `generate` compiles one loop for one `max_length`; a new length
 recompiles, and nothing comes out until the loop ends. This engine compiles
-two small functions per shape instead, a prefill and a one-token step, and
-runs the loop in Python, so tokens can stream and stop on strings.
+small functions per shape instead: a forward pass (the prefill, and single
+sampled steps) and a chunk of `CHUNK` greedy steps. The loop between calls
+runs in Python, so tokens can stream and stop on strings.
 
 - Prompts are left-padded to a bucketed length and the KV cache is sized to
   a bucketed length, so a new `max_new_tokens` or prompt length within a
   bucket reuses the compiled functions. Gemma uses RoPE, which depends only
   on relative positions, so left padding (masked out) changes no result.
-- JAX compiles with `jax.jit`, TensorFlow with `tf.function(jit_compile=True)`;
-  torch runs eagerly under `torch.inference_mode()`.
+- JAX compiles with `jax.jit`, TensorFlow with `tf.function(jit_compile=True)`.
+  On torch the engine runs `torch_decode`, a plain-torch forward over the
+  same weights; models it cannot run (LoRA, quantized) use the Keras layers
+  eagerly, chunks included.
 
-The engine owns no transformer math: it calls the backbone's own embedding,
-decoder blocks (with their caches and sliding windows) and final norm.
+Apart from `torch_decode`, the engine owns no transformer math: it calls the
+backbone's own embedding, decoder blocks (with their caches and sliding
+windows) and final norm.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 MIN_PROMPT_BUCKET = 16
 MIN_CACHE_BUCKET = 128
-# Greedy tokens decoded per compiled call on JAX and TensorFlow (see
+# Greedy tokens decoded per call of the Keras path (see
 # `DecodeEngine._greedy_chunk`). Streamed text arrives in bursts this long.
 CHUNK = 16
 

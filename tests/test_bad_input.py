@@ -163,16 +163,20 @@ def test_preset_smuggling_a_lambda_is_refused(tiny_gguf, tmp_path, isolated_cach
     shutil.copytree(isolated_cache / "gguf" / cache.file_sha256(path), preset)
     marker = tmp_path / "pwned"
     code = f"lambda x: __import__('pathlib').Path({str(marker)!r}).write_text('x') or x"
+    evil_layer = {
+        "module": "keras.layers",
+        "class_name": "Lambda",
+        "registered_name": None,
+        "config": {"name": "evil", "function": {"class_name": "__lambda__", "config": {"code": code}}},
+    }
+    # Gemma3Backbone deserializes its `vision_encoder` argument as a layer:
+    # the place a tampered preset would hide code.
     config = json.loads((preset / "config.json").read_text())
-    config.update(
-        {
-            "module": "keras.layers",
-            "class_name": "Lambda",
-            "registered_name": None,
-            "config": {"name": "evil", "function": {"class_name": "__lambda__", "config": {"code": code}}},
-        }
-    )
+    config["config"]["vision_encoder"] = evil_layer
     (preset / "config.json").write_text(json.dumps(config))
+    task = json.loads((preset / "task.json").read_text())
+    task["config"]["backbone"]["config"]["vision_encoder"] = evil_layer
+    (preset / "task.json").write_text(json.dumps(task))
     with pytest.raises(gk.SourceError, match="Refused to load.*safe_mode"):
         gk.load(preset)
     assert not marker.exists()

@@ -141,3 +141,29 @@ def test_metadata_strings_never_become_paths(tmp_path, isolated_cache):
     names = sorted(p.name for p in (isolated_cache / "gguf").iterdir() if not p.name.endswith(".lock"))
     assert names == [cache.file_sha256(path)]
     assert not (tmp_path / "xx").exists() and not (isolated_cache.parent / "xx").exists()
+
+
+def test_nothing_unpickles_user_files():
+    """No module of ours imports pickle or calls a loader that unpickles."""
+    import ast
+    from pathlib import Path
+
+    import gemma_keras
+
+    risky = []
+    for source in Path(gemma_keras.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib") for n in names):
+                    risky.append(f"{source.name}:{node.lineno}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "load" and getattr(node.func.value, "id", "") in (
+                    "np",
+                    "numpy",
+                    "torch",
+                ):
+                    risky.append(f"{source.name}:{node.lineno}")
+                if any(k.arg == "allow_pickle" for k in node.keywords):
+                    risky.append(f"{source.name}:{node.lineno}")
+    assert risky == []

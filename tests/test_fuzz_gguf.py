@@ -25,6 +25,10 @@ from hypothesis import strategies as st
 
 import gemma_keras as gk
 from gemma_keras.gguf_import import read_gguf
+from tests.conftest import BACKEND, cache_files
+
+# Reading GGUF involves no Keras backend: one session runs it for all.
+pytestmark = pytest.mark.skipif(BACKEND != "jax", reason="backend-independent; runs in the jax session")
 
 ABSURD = [0, 1, 2**31 - 1, 2**32 - 1, 2**63 - 1, 2**64 - 1, 255, 7, 4096, 10**12]
 OUTCOMES: collections.Counter = collections.Counter()
@@ -115,6 +119,41 @@ def test_mutated_tiny_gguf_files(corpus, tmp_path_factory, data):
     path = tmp_path_factory.getbasetemp() / "fuzz-case.gguf"
     path.write_bytes(mutated)
     OUTCOMES[_check_case(path)] += 1
+
+
+@settings(
+    max_examples=60,
+    deadline=20000,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(data=st.data())
+def test_mutated_files_through_load_leave_no_cache_debris(corpus, tmp_path_factory, data):
+    """The whole of `gk.load`: a failure publishes nothing and leaves no temporaries."""
+    name = data.draw(st.sampled_from(sorted(corpus)))
+    raw, spots, data_start = corpus[name]
+    base = tmp_path_factory.mktemp("fuzz-load")
+    path = base / "case.gguf"
+    path.write_bytes(_mutate(raw, spots, data_start, data.draw))
+    cache_root = base / "cache"
+    previous = os.environ["GEMMA_KERAS_CACHE"]
+    os.environ["GEMMA_KERAS_CACHE"] = str(cache_root)
+    try:
+        gk.load(path)
+        ok = True
+    except gk.GemmaKerasError as exc:
+        assert str(path) in str(exc)
+        ok = False
+    finally:
+        os.environ["GEMMA_KERAS_CACHE"] = previous
+    debris = [p for p in cache_files(cache_root) if ".tmp" in str(p)]
+    assert debris == []
+    if not ok:
+        assert [p for p in cache_files(cache_root) if not p.name.endswith(".lock")] == []
 
 
 def test_fuzz_outcome_summary():

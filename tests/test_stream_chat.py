@@ -135,10 +135,26 @@ def test_chat_keeps_multi_turn_history(tiny_model):
     assert chat.history == []
 
 
-def test_chat_reply_stops_at_end_of_turn(tiny_model):
+def test_chat_reply_ends_at_the_default_stop_tokens(tiny_model, monkeypatch):
     lm = tiny_model("gemma3")
     end_of_turn = lm.tokenizer.token_to_id("<end_of_turn>")
     assert end_of_turn in lm.default_stop_ids and lm.tokenizer.eos_id in lm.default_stop_ids
+    # The tiny model never picks <end_of_turn>, so make one token it does pick
+    # a default stop, and check the chat reply ends right before it.
+    prompt = render_messages([{"role": "user", "content": "hello"}])
+    ids = lm._generate_ids([prompt], 8, gk.SamplingParams(), (), False)[0]
+    monkeypatch.setattr(lm, "default_stop_ids", (ids[3],))
+    reply = lm.chat(max_new_tokens=8).send("hello")
+    assert reply == lm.tokenizer.decode(ids[: ids.index(ids[3])])
+
+
+def test_chat_stream_closed_early_records_the_partial_reply(tiny_model):
+    lm = tiny_model("gemma3")
+    chat = lm.chat(max_new_tokens=12, stop_token_ids=())
+    stream = chat.stream("hello")
+    first = next(stream)
+    stream.close()
+    assert chat.history == [{"role": "user", "content": "hello"}, {"role": "model", "content": first}]
 
 
 def test_chat_over_the_context_is_an_error_and_records_nothing(tiny_model):
