@@ -95,7 +95,7 @@ def _field(reader, path: Path, key: str, default: Any = None, required: bool = F
         ) from exc
 
 
-def _check_magic(path: Path) -> None:
+def check_magic(path: Path) -> None:
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -143,7 +143,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
         from gemma_keras.errors import ModelNotFoundError
 
         raise ModelNotFoundError(f"{path}: no such file.")
-    _check_magic(path)
+    check_magic(path)
     reader = _open_reader(path)
     try:
         return _read_metadata(path, reader)

@@ -151,18 +151,21 @@ def load_gguf(
     source: str | None = None,
 ):
     """Loads a Gemma GGUF file, converting it into the cache on first use."""
-    from gemma_keras.gguf_import import read_gguf
+    from gemma_keras.gguf_import import check_magic, read_gguf
 
     backend = _backend.ensure_backend()
     dtype = _backend.validate_dtype(dtype) if dtype else _backend.default_dtype(backend)
     path = Path(path)
-    # Validate the header before hashing, so a bad file fails at once.
-    model_info = read_gguf(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such file.")
+    check_magic(path)  # a file that is not GGUF at all fails before hashing
     _report(progress, "hashing", 0.0)
     sha = sha256 or cache.file_sha256(path)
     built: dict = {}
 
     def build(tmp: Path) -> dict:
+        # Parsed only when not cached: a warm load skips the 262k-token vocab.
+        model_info = read_gguf(path)
         built["lm"] = _convert(model_info, tmp, progress)
         return {
             "architecture": model_info.architecture,
