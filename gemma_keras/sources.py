@@ -184,25 +184,36 @@ def _convert(model_info, out_dir: Path, progress: Progress | None):
     """Builds the causal LM from a GGUF and saves it as a preset in `out_dir`."""
     import keras_hub
 
+    from gemma_keras.errors import GGUFError
     from gemma_keras.gguf_import import build_backbone
+    from gemma_keras.tokenizer import GemmaTokenizer
 
     _report(progress, "reading the vocabulary", 0.02)
-    proto = model_info.tokenizer_proto()
+    gemma3 = model_info.architecture == "gemma3"
+    try:
+        proto = model_info.tokenizer_proto()
+        GemmaTokenizer(proto)  # sentencepiece checks the model (duplicates, byte pieces)
+        if gemma3:
+            vision = {"<img>", "<start_of_image>", "<end_of_image>"} <= set(model_info.tokens)
+            tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=vision)
+            preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer=tokenizer)
+        else:
+            tokenizer = keras_hub.models.GemmaTokenizer(proto=proto)
+            preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer=tokenizer)
+    except GemmaKerasError:
+        raise
+    except Exception as exc:  # sentencepiece and TensorFlow raise their own types
+        raise GGUFError(
+            f"{model_info.path}: the vocabulary does not form a valid SentencePiece model "
+            f"({type(exc).__name__}: {str(exc)[:300]})."
+        ) from exc
 
     def layer_progress(i: int, n: int) -> None:
         _report(progress, "dequantizing weights", 0.05 + 0.85 * i / max(n, 1))
 
     backbone = build_backbone(model_info, dtype="float32", progress=layer_progress)
-    if model_info.architecture == "gemma3":
-        vocab = set(model_info.tokens)
-        vision = {"<img>", "<start_of_image>", "<end_of_image>"} <= vocab
-        tokenizer = keras_hub.models.Gemma3Tokenizer(proto=proto, has_vision_tokens=vision)
-        preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(tokenizer=tokenizer)
-        lm = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
-    else:
-        tokenizer = keras_hub.models.GemmaTokenizer(proto=proto)
-        preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer=tokenizer)
-        lm = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    cls = keras_hub.models.Gemma3CausalLM if gemma3 else keras_hub.models.GemmaCausalLM
+    lm = cls(backbone=backbone, preprocessor=preprocessor)
     _report(progress, "saving the Keras preset", 0.92)
     lm.save_to_preset(str(out_dir))
     _report(progress, "done", 1.0)
