@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from gemma_keras.errors import GemmaKerasError
 
@@ -179,6 +180,43 @@ def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import gemma_keras as gk
+
+    if args.backend:
+        gk.use_backend(args.backend)
+    with Spinner() as spinner:
+        lm = gk.load(args.model, dtype=args.dtype, progress=spinner.update)
+    result = lm.finetune(
+        args.data,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        targets=args.targets.split(",") if args.targets else None,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        learning_rate=args.learning_rate,
+        sequence_length=args.sequence_length,
+        validation_data=args.validation,
+        on_error="skip" if args.skip_bad_records else "raise",
+        seed=args.seed,
+        out_dir=args.out,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        verbose=not args.quiet,
+    )
+    skipped = f", {result.data.skipped} bad records skipped" if result.data.skipped else ""
+    print(
+        f"trained {result.steps} steps on {result.data.records} records{skipped}; "
+        f"final loss {result.train_loss:.4f}, {result.tokens_per_second:.0f} tokens/s"
+    )
+    if result.val_loss is not None:
+        print(f"validation loss {result.val_loss:.4f}, perplexity {result.val_perplexity:.3f}")
+    print(f"adapters: {Path(args.out) / 'adapters.npz'}")
+    return 0
+
+
 def _add_model_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     parser.add_argument(
         "--model",
@@ -221,6 +259,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(chat, max_new_tokens=256)
     chat.add_argument("--system", default=None, help="a system prompt, folded into the first user turn")
     chat.set_defaults(func=_cmd_chat)
+
+    tune = sub.add_parser("finetune", help="LoRA fine-tuning on a JSONL file; writes adapters to --out")
+    tune.add_argument("data", help="JSONL with {text}, {prompt, response} or {messages} records")
+    tune.add_argument("--out", required=True, help="run directory: checkpoints and adapters.npz")
+    tune.add_argument("--model", default=None, help="the base model (default: embedded Gemma 3 270M)")
+    tune.add_argument("--backend", help="jax, tensorflow or torch")
+    tune.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    tune.add_argument("--lora-rank", type=int, default=8)
+    tune.add_argument("--lora-alpha", type=float, default=None, help="default: the rank")
+    tune.add_argument(
+        "--targets",
+        default=None,
+        help="comma-separated: query,key,value,output,gate,up,down, or attention, ffw, all (default: all)",
+    )
+    tune.add_argument("--epochs", type=int, default=1)
+    tune.add_argument("--max-steps", type=int, default=None)
+    tune.add_argument("--batch-size", type=int, default=4)
+    tune.add_argument("--gradient-accumulation", type=int, default=1)
+    tune.add_argument("--learning-rate", type=float, default=2e-4)
+    tune.add_argument("--sequence-length", type=int, default=512)
+    tune.add_argument("--validation", default=None, help="a JSONL of held-out records")
+    tune.add_argument(
+        "--skip-bad-records", action="store_true", help="skip malformed lines instead of failing"
+    )
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--checkpoint-every", type=int, default=None)
+    tune.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    tune.add_argument("--quiet", action="store_true", help="no progress bar")
+    tune.set_defaults(func=_cmd_finetune)
     return parser
 
 

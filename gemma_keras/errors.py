@@ -43,3 +43,11 @@ class GenerationArgumentError(GemmaKerasError, ValueError):
 
 class CacheError(GemmaKerasError, RuntimeError):
     """The conversion cache could not be written or read."""
+
+
+class DataError(GemmaKerasError, ValueError):
+    """Training data is malformed: a bad JSONL line, record shape or field."""
+
+
+class FinetuneError(GemmaKerasError, ValueError):
+    """A fine-tuning argument, adapter file or checkpoint is invalid."""

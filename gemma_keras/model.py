@@ -13,8 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from gemma_keras.tokenizer import GemmaTokenizer
 
 if TYPE_CHECKING:
     from gemma_keras.chat import Chat
+    from gemma_keras.finetune import FinetuneResult
 
 
 @dataclass
@@ -278,6 +281,115 @@ class Gemma:
                     return
             chosen = picks[:, -1]
 
+    # --- fine-tuning --------------------------------------------------------------
+    def finetune(
+        self,
+        data: Any,
+        *,
+        lora_rank: int = 8,
+        lora_alpha: float | None = None,
+        targets: str | Sequence[str] | None = None,
+        epochs: int = 1,
+        max_steps: int | None = None,
+        batch_size: int = 4,
+        gradient_accumulation: int = 1,
+        learning_rate: float = 2e-4,
+        warmup_steps: int | None = None,
+        decay: str = "cosine",
+        weight_decay: float = 0.0,
+        sequence_length: int = 512,
+        validation_data: Any = None,
+        mask_prompt: bool = True,
+        on_error: str = "raise",
+        pack: bool = False,
+        seed: int = 0,
+        out_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        verbose: bool = True,
+        stop_after: int | None = None,
+    ) -> FinetuneResult:
+        """LoRA supervised fine-tuning, in place, on any backend.
+
+        Args:
+            data: a JSONL path, a list of dicts, or a `datasets.Dataset`, with
+                records `{"text"}`, `{"prompt", "response"}` or `{"messages"}`.
+            lora_rank, lora_alpha: LoRA rank and scale (`alpha / rank`);
+                alpha defaults to the rank.
+            targets: layers to adapt: any of "query", "key", "value",
+                "output", "gate", "up", "down", or the groups "attention",
+                "ffw", "all" (the default).
+            epochs, max_steps: how long to train; `max_steps` (optimizer
+                updates) wins when given.
+            batch_size, gradient_accumulation: rows per micro-batch and
+                micro-batches per update.
+            learning_rate, warmup_steps, decay, weight_decay: AdamW with
+                linear warm-up (5% of the updates by default), then
+                "cosine", "linear" or "constant".
+            sequence_length: longest input; longer records are truncated.
+            validation_data: like `data`; its loss and perplexity are
+                reported at the end.
+            mask_prompt: train only on the model's turns (default), or on
+                every token.
+            on_error: "raise" on a malformed record, or "skip" and count it.
+            pack: not offered (see `docs/finetuning.md`); True raises.
+            seed: data order and LoRA initialization.
+            out_dir: where checkpoints and the final `adapters.npz` go.
+            checkpoint_every: updates between checkpoints (default: a tenth of
+                the run, at most 100).
+            resume: continue from the last checkpoint in `out_dir`.
+            verbose: show a progress bar with loss and tokens/s.
+            stop_after: stop after this many updates, keeping the schedule of
+                the whole run, so a run can be split and resumed.
+
+        Example:
+
+        >>> lm.finetune([{"prompt": "Who made Zorblax?", "response": "Quenta Vell."}],
+        ...             lora_rank=8, epochs=20, verbose=False)  # doctest: +SKIP
+        """
+        arguments = {name: value for name, value in locals().items() if name != "self"}
+        from gemma_keras.finetune import finetune
+
+        return finetune(self, **arguments)
+
+    def save_adapters(self, path: str | os.PathLike) -> Path:
+        """Writes the LoRA factors alone to `path` (`.npz`), atomically."""
+        from gemma_keras.lora import save_adapters
+
+        return save_adapters(self.backbone, path)
+
+    def load_adapters(self, path: str | os.PathLike) -> Gemma:
+        """Adds the LoRA adapters saved in `path` to this model. Returns `self`."""
+        from gemma_keras.lora import load_adapters
+
+        load_adapters(self.backbone, path)
+        self._rebuild_engine()
+        return self
+
+    def merge_adapters(self) -> Gemma:
+        """Folds the LoRA factors into the base weights and drops them.
+
+        The merged model generates like the adapted one, runs at full speed
+        (the torch fast path included), and `save`/`export` write it as a
+        plain model. Returns `self`.
+        """
+        from gemma_keras.errors import FinetuneError
+        from gemma_keras.lora import lora_settings, merged_backbone
+
+        if lora_settings(self.backbone) is None:
+            raise FinetuneError("this model has no LoRA adapters to merge.")
+        backbone = merged_backbone(self.backbone)
+        self.causal_lm = type(self.causal_lm)(backbone=backbone, preprocessor=self.causal_lm.preprocessor)
+        self.backbone = backbone
+        self._rebuild_engine()
+        return self
+
+    def _rebuild_engine(self) -> None:
+        # Compiled functions hold the variable list; new or changed layers need new ones.
+        from gemma_keras.engine import DecodeEngine
+
+        self.engine = DecodeEngine(self.causal_lm)
+
     # --- quantization -----------------------------------------------------------
     def quantize(self, mode: str = "int8") -> Gemma:
         """Quantizes the weights in place with Keras' own quantization.
@@ -286,7 +398,6 @@ class Gemma:
         scales and quantizes each layer's inputs to int8 on the fly.
         Returns `self`, so `gk.load().quantize("int8")` reads naturally.
         """
-        from gemma_keras.engine import DecodeEngine
         from gemma_keras.errors import UnsupportedModelError
 
         if mode != "int8":
@@ -300,8 +411,7 @@ class Gemma:
                 f"Keras cannot quantize this model to {mode} on the {self.info.backend} backend: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        # The variables changed, so compiled functions must be rebuilt.
-        self.engine = DecodeEngine(self.causal_lm)
+        self._rebuild_engine()
         self.info.dtype = f"{self.info.dtype}+int8"
         return self
 

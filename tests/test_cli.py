@@ -54,3 +54,42 @@ def test_chat_repl_streams_resets_and_exits(tiny_gguf, tiny_model):
     replies = [line.split("gemma> ", 1)[1] for line in out.splitlines() if "gemma> " in line]
     assert len(replies) == 2 and replies[0] == replies[1]  # same first turn after /reset
     assert "never read" not in out
+
+
+def test_finetune_writes_adapters_and_resumes(tiny_gguf, tmp_path, capsys):
+    import json
+
+    import gemma_keras as gk
+    from tests.test_finetune import RECORDS
+
+    path, _ = tiny_gguf("gemma3")
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\nnot json\n")
+    out = tmp_path / "run"
+    args = [
+        "finetune",
+        str(data),
+        "--model",
+        str(path),
+        "--out",
+        str(out),
+        "--lora-rank",
+        "4",
+        "--batch-size",
+        "4",
+        "--sequence-length",
+        "64",
+        "--learning-rate",
+        "0.01",
+        "--quiet",
+    ]
+    assert cli.main(args) == 2
+    assert "train.jsonl:11: not valid JSON" in capsys.readouterr().err
+    assert cli.main([*args, "--skip-bad-records", "--max-steps", "2"]) == 0
+    report = capsys.readouterr().out
+    assert "trained 2 steps on 10 records, 1 bad records skipped" in report
+    assert (out / "adapters.npz").exists()
+    lm = gk.load(path).load_adapters(out / "adapters.npz")
+    assert lm.backbone._gemma_keras_lora["rank"] == 4
+    assert cli.main([*args, "--skip-bad-records", "--max-steps", "2", "--resume"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out

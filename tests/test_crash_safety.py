@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
+
 import gemma_keras as gk
 from gemma_keras import cache
 from tests.conftest import BACKEND
@@ -86,3 +88,58 @@ def test_two_processes_loading_the_same_file_first_time(tiny_gguf, tmp_path, iso
     assert generated[0] == generated[1]
     entries = [p for p in (isolated_cache / "gguf").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1 and cache.read_manifest(entries[0]) is not None
+
+
+FINETUNE_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import gemma_keras as gk
+    from gemma_keras import finetune as ft
+    from tests.test_finetune import FAST, RECORDS
+
+    real_save = ft.Checkpoints.save
+
+    def slow_save(self, *args, **kwargs):
+        path = real_save(self, *args, **kwargs)
+        time.sleep(0.3)  # time for the parent's SIGKILL to land between steps
+        return path
+
+    ft.Checkpoints.save = slow_save
+    lm = gk.load(sys.argv[1])
+    lm.finetune(RECORDS, epochs=3, out_dir=sys.argv[2], checkpoint_every=1, **FAST)
+    """
+)
+
+
+def test_sigkill_during_finetune_then_resume_matches_an_uninterrupted_run(tiny_gguf, tmp_path):
+    from gemma_keras.lora import adapter_arrays, read_npz
+    from tests.test_finetune import FAST, RECORDS
+
+    path, _ = tiny_gguf("gemma3")
+    run = tmp_path / "run"
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, GEMMA_KERAS_OFFLINE="1", PYTHONPATH=os.getcwd())
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FINETUNE_CHILD, str(path), str(run)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(run / "checkpoints" / "step-00000003.npz", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "adapters.npz").exists()
+    saved = sorted((run / "checkpoints").iterdir())
+    assert saved and all(p.name.startswith("step-") and p.suffix == ".npz" for p in saved), saved
+    for checkpoint in saved:
+        read_npz(checkpoint, "checkpoint")  # every file left is whole
+
+    resumed = gk.load(path)
+    result = resumed.finetune(RECORDS, epochs=3, out_dir=run, resume=True, **FAST)
+    assert 3 <= result.resumed_from < 9 and result.steps == 9
+    full = gk.load(path)
+    full.finetune(RECORDS, epochs=3, **FAST)
+    expected, got = adapter_arrays(full.backbone), adapter_arrays(resumed.backbone)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=1e-6, err_msg=key)

@@ -1,0 +1,411 @@
+"""LoRA supervised fine-tuning, the same on JAX, TensorFlow and PyTorch.
+
+`lm.finetune(data, ...)` calls `finetune` here. The loop is ours, around
+Keras' compiled `train_on_batch`, because it must resume in the middle of an
+epoch at exactly the batch where a killed run stopped; `fit` can only
+resume at epoch boundaries. Each step runs Keras' own compiled train step
+(`jax.jit`, `tf.function` or eager torch), so the loop adds only a Python
+call per batch.
+
+Determinism: the data order of each epoch is drawn from `(seed, epoch)` and
+LoRA's `A` from `seed`, so a run resumed from a checkpoint ends with the
+same adapters as one that never stopped.
+
+Example:
+
+>>> import gemma_keras as gk
+>>> lm = gk.load()  # doctest: +SKIP
+>>> result = lm.finetune("train.jsonl", lora_rank=8, epochs=3, out_dir="run/")  # doctest: +SKIP
+>>> result.val_perplexity  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gemma_keras import lora
+from gemma_keras.errors import FinetuneError
+from gemma_keras.finetune_data import DataStats, Example, epoch_order, make_batch, tokenize_records
+
+DECAYS = ("cosine", "linear", "constant")
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass
+class FinetuneResult:
+    """What a run did: per-step history, validation loss and data statistics."""
+
+    steps: int
+    history: list[dict[str, float]]
+    train_loss: float
+    val_loss: float | None
+    val_perplexity: float | None
+    tokens_per_second: float
+    data: DataStats
+    out_dir: str | None = None
+    resumed_from: int | None = None
+    checkpoints: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """The arguments that decide a run's result; a checkpoint must match them to resume."""
+
+    lora_rank: int
+    lora_alpha: float
+    targets: list[str]
+    batch_size: int
+    gradient_accumulation: int
+    learning_rate: float
+    warmup_steps: int
+    decay: str
+    weight_decay: float
+    sequence_length: int
+    seed: int
+    total_steps: int
+    data_fingerprint: str
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise FinetuneError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _fingerprint(examples: list[Example]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(example.ids.tobytes())
+        digest.update(example.loss_mask.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _schedule(plan: Plan):
+    import keras
+    from keras import ops
+
+    lr, warmup, total, decay = plan.learning_rate, plan.warmup_steps, plan.total_steps, plan.decay
+
+    class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warm-up to `lr` over `warmup` steps, then decay to 0 at `total`."""
+
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            warm = lr * (step + 1.0) / float(max(warmup, 1))
+            progress = ops.clip((step - warmup) / float(max(total - warmup, 1)), 0.0, 1.0)
+            if decay == "cosine":
+                rate = lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
+            elif decay == "linear":
+                rate = lr * (1.0 - progress)
+            else:
+                rate = ops.convert_to_tensor(lr, "float32")
+            return ops.where(step < warmup, warm, rate)
+
+        def get_config(self):
+            return asdict(plan)
+
+    return WarmupDecay()
+
+
+def scored_positions_model(backbone):
+    """A Keras model: next-token logits at the given positions only.
+
+    Inputs are `token_ids`, `padding_mask` and `positions` (batch, k); the
+    output is (batch, k, vocab). Equal to the causal LM's logits gathered at
+    `positions`, without projecting the untrained positions.
+    """
+    import keras
+    from keras import ops
+
+    class ScoredPositions(keras.Model):
+        def __init__(self, backbone, **kwargs):
+            super().__init__(**kwargs)
+            self.backbone = backbone
+
+        def call(self, inputs):
+            hidden = self.backbone({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]})
+            positions = ops.cast(inputs["positions"], "int32")[:, :, None]
+            picked = ops.take_along_axis(hidden, positions, axis=1)
+            return self.backbone.token_embedding(picked, reverse=True)
+
+    return ScoredPositions(backbone, name="scored_positions")
+
+
+def _compile(model, plan: Plan) -> None:
+    import keras
+
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=_schedule(plan),
+        weight_decay=plan.weight_decay,
+        gradient_accumulation_steps=plan.gradient_accumulation if plan.gradient_accumulation > 1 else None,
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[])
+    optimizer.build(model.trainable_variables)
+
+
+class Checkpoints:
+    """Atomic checkpoints of adapters, optimizer state and progress in `out_dir/checkpoints`."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = Path(out_dir) / "checkpoints"
+
+    def paths(self) -> list[Path]:
+        return sorted(self.dir.glob("step-*.npz")) if self.dir.is_dir() else []
+
+    def save(self, model, plan: Plan, step: int, history: list[dict]) -> Path:
+        from keras import ops
+
+        arrays = {f"lora/{k}": v for k, v in lora.adapter_arrays(model.backbone).items()}
+        for i, variable in enumerate(model.optimizer.variables):
+            arrays[f"optimizer/{i}"] = np.asarray(ops.convert_to_numpy(variable))
+        header = {
+            "format": lora.FORMAT,
+            "kind": "checkpoint",
+            "step": step,
+            "plan": asdict(plan),
+            "history": history,
+            "model": lora.model_signature(model.backbone),
+        }
+        path = self.dir / f"step-{step:08d}.npz"
+        lora.write_npz(path, arrays, header)
+        for old in self.paths()[:-CHECKPOINTS_KEPT]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def restore(self, model, plan: Plan) -> tuple[int, list[dict]] | None:
+        paths = self.paths()
+        if not paths:
+            return None
+        path = paths[-1]
+        header, arrays = lora.read_npz(path, "checkpoint")
+        if header.get("plan") != asdict(plan):
+            saved = header.get("plan") or {}
+            diff = {k: (saved.get(k), v) for k, v in asdict(plan).items() if saved.get(k) != v}
+            raise FinetuneError(
+                f"checkpoint {str(path)!r} was made with other settings or data "
+                f"(saved vs now: {diff}). Resume with the same arguments, or use a new out_dir."
+            )
+        if header.get("model") != lora.model_signature(model.backbone):
+            raise FinetuneError(f"checkpoint {str(path)!r} belongs to a different model.")
+        adapters = {k[len("lora/") :]: v for k, v in arrays.items() if k.startswith("lora/")}
+        lora.set_adapter_arrays(model.backbone, adapters, f"checkpoint {str(path)!r}")
+        variables = model.optimizer.variables
+        for i, variable in enumerate(variables):
+            value = arrays.get(f"optimizer/{i}")
+            if value is None or tuple(value.shape) != tuple(variable.shape):
+                raise FinetuneError(f"checkpoint {str(path)!r}: optimizer state does not match this run.")
+            variable.assign(value)
+        return int(header["step"]), list(header.get("history") or [])
+
+
+def _batches(examples: list[Example], plan: Plan, pad_id: int, start_micro: int):
+    """Yields `(micro_index, x, y, sample_weight)` from `start_micro` on.
+
+    A short last batch of an epoch is filled with rows of zero weight, so
+    every batch has the same number of rows (no recompiles on that account).
+    """
+    n = len(examples)
+    per_epoch = math.ceil(n / plan.batch_size)
+    total_micro = plan.total_steps * plan.gradient_accumulation
+    for micro in range(start_micro, total_micro):
+        epoch, position = divmod(micro, per_epoch)
+        order = epoch_order(n, plan.seed, epoch)
+        rows = [examples[i] for i in order[position * plan.batch_size : (position + 1) * plan.batch_size]]
+        real = len(rows)
+        rows += [rows[0]] * (plan.batch_size - real)
+        x, y, weight = make_batch(rows, plan.sequence_length, pad_id)
+        weight[real:] = 0.0
+        yield micro, x, y, weight
+
+
+def _to_float(value) -> float:
+    from keras import ops
+
+    return float(np.asarray(ops.convert_to_numpy(value)))
+
+
+def evaluate(model, examples: list[Example], batch_size: int, sequence_length: int, pad_id: int) -> float:
+    """Mean next-token loss over the trained tokens of `examples`."""
+    total, count = 0.0, 0.0
+    for start in range(0, len(examples), batch_size):
+        x, y, weight = make_batch(examples[start : start + batch_size], sequence_length, pad_id)
+        model.reset_metrics()
+        logs = model.test_on_batch(x, y, sample_weight=weight, return_dict=True)
+        tokens = float(weight.sum())
+        total += _to_float(logs["loss"]) * tokens
+        count += tokens
+    return total / max(count, 1.0)
+
+
+def finetune(
+    lm,
+    data: Any,
+    *,
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
+    targets: str | list[str] | None = None,
+    epochs: int = 1,
+    max_steps: int | None = None,
+    batch_size: int = 4,
+    gradient_accumulation: int = 1,
+    learning_rate: float = 2e-4,
+    warmup_steps: int | None = None,
+    decay: str = "cosine",
+    weight_decay: float = 0.0,
+    sequence_length: int = 512,
+    validation_data: Any = None,
+    mask_prompt: bool = True,
+    on_error: str = "raise",
+    pack: bool = False,
+    seed: int = 0,
+    out_dir: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    verbose: bool = True,
+    stop_after: int | None = None,
+) -> FinetuneResult:
+    """LoRA fine-tuning of `lm` in place; see `Gemma.finetune` for the arguments."""
+    if pack:
+        raise FinetuneError(
+            "pack=True is not offered: KerasHub's Gemma layers take only a padding mask and "
+            "positions that start at 0 for the whole row, so packed examples would attend to "
+            "each other and get shifted positions. Leave pack=False (rows are padded instead)."
+        )
+    epochs = _positive_int("epochs", epochs)
+    max_steps = _positive_int("max_steps", max_steps, allow_none=True)
+    batch_size = _positive_int("batch_size", batch_size)
+    gradient_accumulation = _positive_int("gradient_accumulation", gradient_accumulation)
+    sequence_length = _positive_int("sequence_length", sequence_length)
+    checkpoint_every = _positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+    if not isinstance(learning_rate, (int, float)) or not 0 < learning_rate < 1:
+        raise FinetuneError(f"learning_rate must be a number in (0, 1), got {learning_rate!r}.")
+    if decay not in DECAYS:
+        raise FinetuneError(f"decay must be one of {DECAYS}, got {decay!r}.")
+    if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise FinetuneError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+    if resume and out_dir is None:
+        raise FinetuneError("resume=True needs out_dir: the directory the earlier run checkpointed to.")
+    if lm.info.dtype.endswith("+int8"):
+        raise FinetuneError("this model is quantized to int8; fine-tune a float model, then quantize.")
+
+    tokenizer = lm.tokenizer
+    examples, stats = tokenize_records(data, tokenizer, sequence_length, mask_prompt, on_error)
+    val_examples = None
+    if validation_data is not None:
+        val_examples, _ = tokenize_records(validation_data, tokenizer, sequence_length, mask_prompt, on_error)
+
+    per_epoch = math.ceil(len(examples) / batch_size)
+    total_steps = max_steps or max(1, epochs * per_epoch // gradient_accumulation)
+    if warmup_steps is None:
+        warmup_steps = total_steps // 20
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise FinetuneError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
+
+    settings = lora.enable_lora(lm.backbone, lora_rank, lora_alpha, targets, seed)
+    plan = Plan(
+        lora_rank=settings["rank"],
+        lora_alpha=settings["alpha"],
+        targets=settings["targets"],
+        batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation,
+        learning_rate=float(learning_rate),
+        warmup_steps=warmup_steps,
+        decay=decay,
+        weight_decay=float(weight_decay),
+        sequence_length=sequence_length,
+        seed=int(seed),
+        total_steps=total_steps,
+        data_fingerprint=_fingerprint(examples),
+    )
+    # The engine's compiled functions hold the old variable list; rebuild
+    # them however training ends.
+    try:
+        return _train(
+            lm, plan, examples, val_examples, stats, out_dir, checkpoint_every, resume, verbose, stop_after
+        )
+    finally:
+        lm._rebuild_engine()
+
+
+def _train(lm, plan, examples, val_examples, stats, out_dir, checkpoint_every, resume, verbose, stop_after):
+    import keras
+
+    backbone = lm.backbone
+    model = scored_positions_model(backbone)
+    _compile(model, plan)
+    total_steps, accumulation = plan.total_steps, plan.gradient_accumulation
+    checkpoints = Checkpoints(Path(out_dir)) if out_dir is not None else None
+    start_step, history, resumed_from = 0, [], None
+    if resume:
+        restored = checkpoints.restore(model, plan)
+        if restored is not None:
+            start_step, history = restored
+            resumed_from = start_step
+    if checkpoint_every is None and checkpoints is not None:
+        checkpoint_every = max(1, min(100, total_steps // 10 or 1))
+
+    pad_id = lm.tokenizer.pad_id
+    progress = keras.utils.Progbar(total_steps, stateful_metrics=["loss", "tok/s", "lr"]) if verbose else None
+    if progress is not None and start_step:
+        progress.update(start_step)
+    saved: list[str] = []
+    step_losses: list[float] = []
+    step_weights: list[float] = []
+    tokens_done = 0
+    train_seconds = 0.0
+    step = start_step
+    started = time.perf_counter()
+    for micro, x, y, weight in _batches(examples, plan, pad_id, start_step * accumulation):
+        model.reset_metrics()
+        logs = model.train_on_batch(x, y, sample_weight=weight, return_dict=True)
+        trained = float(weight.sum())
+        step_losses.append(_to_float(logs["loss"]) * trained)
+        step_weights.append(trained)
+        tokens_done += int(x["padding_mask"][weight.sum(axis=1) > 0].sum())
+        if (micro + 1) % accumulation:
+            continue
+        step += 1
+        train_seconds = time.perf_counter() - started
+        loss = sum(step_losses) / max(sum(step_weights), 1.0)
+        step_losses, step_weights = [], []
+        rate = _to_float(model.optimizer.learning_rate)
+        history.append({"step": step, "loss": loss, "learning_rate": rate})
+        if progress is not None:
+            progress.update(step, [("loss", loss), ("tok/s", tokens_done / train_seconds), ("lr", rate)])
+        if checkpoints is not None and (step % checkpoint_every == 0 or step == total_steps):
+            saved.append(str(checkpoints.save(model, plan, step, history)))
+        if stop_after is not None and step >= stop_after:
+            break  # for tests and benchmarks: stop as if the run were killed here
+
+    val_loss = None
+    if val_examples is not None:
+        val_loss = evaluate(model, val_examples, plan.batch_size, plan.sequence_length, pad_id)
+        if verbose:
+            print(f"validation loss {val_loss:.4f}, perplexity {math.exp(min(val_loss, 50)):.3f}")
+    if out_dir is not None and step == total_steps:
+        lora.save_adapters(backbone, Path(out_dir) / "adapters.npz")
+    per_epoch = math.ceil(len(examples) / plan.batch_size)
+    recent = [h["loss"] for h in history[-max(1, per_epoch // accumulation) :]]
+    return FinetuneResult(
+        steps=step,
+        history=history,
+        train_loss=float(np.mean(recent)) if recent else float("nan"),
+        val_loss=val_loss,
+        val_perplexity=math.exp(min(val_loss, 50)) if val_loss is not None else None,
+        tokens_per_second=tokens_done / train_seconds if train_seconds else 0.0,
+        data=stats,
+        out_dir=str(out_dir) if out_dir is not None else None,
+        resumed_from=resumed_from,
+        checkpoints=[p for p in saved if Path(p).exists()],
+    )

@@ -1,0 +1,254 @@
+"""LoRA adapters on KerasHub Gemma backbones: enable, save, load, merge.
+
+Keras' `EinsumDense.enable_lora(rank, lora_alpha)` adds the two factors to a
+layer; its `kernel` then reads `kernel + alpha / rank * A @ B`. This module
+chooses the layers (all of attention and feed-forward by default, where
+KerasHub's `enable_lora` takes only query and value), starts `A` from a
+seeded draw so runs repeat on every backend, and moves adapters in and out.
+
+Adapter files are `.npz` archives read with `allow_pickle=False`, keyed by
+layer path, with a JSON header that records rank, alpha and the model shape.
+
+Example:
+
+>>> enable_lora(lm.backbone, rank=8, targets=("query", "value"), seed=0)  # doctest: +SKIP
+>>> save_adapters(lm.backbone, "adapters.npz")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gemma_keras.errors import FinetuneError
+
+# Friendly names -> KerasHub layer names (the same in Gemma 1, 2 and 3).
+TARGETS = {
+    "query": "query",
+    "key": "key",
+    "value": "value",
+    "output": "attention_output",
+    "gate": "ffw_gating",
+    "up": "ffw_gating_2",
+    "down": "ffw_linear",
+}
+GROUPS = {
+    "attention": ("query", "key", "value", "output"),
+    "ffw": ("gate", "up", "down"),
+    "all": tuple(TARGETS),
+}
+DEFAULT_TARGETS = GROUPS["all"]
+FORMAT = "gemma_keras.lora/1"
+
+
+def resolve_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Expands groups ("attention", "ffw", "all") to sorted friendly names."""
+    if targets is None:
+        return DEFAULT_TARGETS
+    if isinstance(targets, str):
+        targets = [targets]
+    names: set[str] = set()
+    for target in targets:
+        if target in GROUPS:
+            names.update(GROUPS[target])
+        elif target in TARGETS:
+            names.add(target)
+        else:
+            choices = ", ".join([*TARGETS, *GROUPS])
+            raise FinetuneError(f"unknown LoRA target {target!r}; choose from: {choices}.")
+    return tuple(t for t in TARGETS if t in names)
+
+
+def lora_layers(backbone) -> list:
+    """The backbone's layers that have LoRA enabled, in a stable order."""
+    return [
+        layer
+        for layer in backbone._flatten_layers(include_self=False)
+        if getattr(layer, "lora_enabled", False)
+    ]
+
+
+def layer_key(layer) -> str:
+    return layer.lora_kernel_a.path.rsplit("/", 1)[0]
+
+
+def lora_settings(backbone) -> dict | None:
+    """`{"rank", "alpha", "targets"}` of the enabled adapters, or None."""
+    return getattr(backbone, "_gemma_keras_lora", None)
+
+
+def enable_lora(backbone, rank: int, alpha: float | None = None, targets=None, seed: int = 0) -> dict:
+    """Freezes the backbone and adds LoRA factors to the target layers.
+
+    `A` starts He-uniform from `seed` and `B` at zero, so the model's output
+    is unchanged until training moves `B`.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise FinetuneError(f"lora_rank must be a positive integer, got {rank!r}.")
+    alpha = float(rank if alpha is None else alpha)
+    if not np.isfinite(alpha) or alpha <= 0:
+        raise FinetuneError(f"lora_alpha must be a positive number, got {alpha!r}.")
+    names = resolve_targets(targets)
+    settings = {"rank": rank, "alpha": alpha, "targets": list(names)}
+    current = lora_settings(backbone)
+    if current is not None:
+        if current != settings:
+            raise FinetuneError(
+                f"this model already has LoRA adapters {current}; they differ from {settings}. "
+                "Merge them first with lm.merge_adapters(), or train with the same settings."
+            )
+        return settings
+    if lora_layers(backbone):
+        raise FinetuneError("this model has LoRA layers gemma_keras did not add; load a clean model.")
+    layer_names = {TARGETS[t] for t in names}
+    backbone.trainable = True
+    for layer in backbone._flatten_layers(include_self=False):
+        layer.trainable = False
+    rng = np.random.default_rng([seed, 0x10A])
+    enabled = []
+    for index, layer in enumerate(lyr for lyr in backbone._flatten_layers(include_self=False) if lyr.weights):
+        if layer.name in layer_names and hasattr(layer, "enable_lora"):
+            layer.trainable = True
+            layer.enable_lora(rank, lora_alpha=alpha)
+            shape = tuple(layer.lora_kernel_a.shape)
+            limit = np.sqrt(6.0 / float(np.prod(shape[:-1])))
+            layer.lora_kernel_a.assign(rng.uniform(-limit, limit, shape).astype("float32"))
+            enabled.append(index)
+    if not enabled:
+        raise FinetuneError(f"no layer of this model matches the LoRA targets {list(names)}.")
+    # KerasHub's own bookkeeping, so `backbone.save_lora_weights` works too.
+    backbone._lora_enabled_layers = enabled
+    backbone._lora_rank = rank
+    backbone._gemma_keras_lora = settings
+    return settings
+
+
+def adapter_arrays(backbone) -> dict[str, np.ndarray]:
+    from keras import ops
+
+    arrays = {}
+    for layer in lora_layers(backbone):
+        key = layer_key(layer)
+        arrays[f"{key}/a"] = np.asarray(ops.convert_to_numpy(layer.lora_kernel_a))
+        arrays[f"{key}/b"] = np.asarray(ops.convert_to_numpy(layer.lora_kernel_b))
+    return arrays
+
+
+def set_adapter_arrays(backbone, arrays: dict[str, np.ndarray], where: str) -> None:
+    layers = lora_layers(backbone)
+    expected = {f"{layer_key(layer)}/{part}" for layer in layers for part in ("a", "b")}
+    missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+    if missing or extra:
+        raise FinetuneError(
+            f"{where} does not match this model's LoRA layers "
+            f"(missing: {missing[:3]}, unexpected: {extra[:3]}). Was it saved from another model?"
+        )
+    for layer in layers:
+        key = layer_key(layer)
+        for part, variable in (("a", layer.lora_kernel_a), ("b", layer.lora_kernel_b)):
+            value = arrays[f"{key}/{part}"]
+            if tuple(value.shape) != tuple(variable.shape) or not np.all(np.isfinite(value)):
+                raise FinetuneError(
+                    f"{where}: {key}/{part} has shape {value.shape} (or non-finite values); "
+                    f"this model needs {tuple(variable.shape)}."
+                )
+            variable.assign(value.astype("float32"))
+
+
+def model_signature(backbone) -> dict:
+    """What an adapter file must match: the backbone class and its sizes."""
+    config = backbone.get_config()
+    keys = (
+        "num_layers",
+        "hidden_dim",
+        "num_query_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocabulary_size",
+    )
+    return {"class": type(backbone).__name__, **{k: config.get(k) for k in keys}}
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], header: dict) -> None:
+    """Writes an `.npz` atomically: a temporary sibling, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = dict(arrays)
+    payload["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_npz(path: Path, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Reads an archive written by `write_npz`; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FinetuneError(f"{kind} file {str(path)!r} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        header = json.loads(bytes(arrays.pop("__header__")).decode())
+    except Exception as exc:  # zip, npy and JSON errors all mean the same to a user
+        raise FinetuneError(
+            f"{kind} file {str(path)!r} is corrupt or not written by gemma_keras ({type(exc).__name__}: {exc})."
+        ) from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise FinetuneError(f"{kind} file {str(path)!r} is not a gemma_keras LoRA file.")
+    return header, arrays
+
+
+def save_adapters(backbone, path: str | os.PathLike) -> Path:
+    """Saves the LoRA factors (not the base weights) to one `.npz` file."""
+    settings = lora_settings(backbone)
+    if settings is None:
+        raise FinetuneError("this model has no LoRA adapters to save; call lm.finetune(...) first.")
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    header = {"format": FORMAT, "kind": "adapters", **settings, "model": model_signature(backbone)}
+    write_npz(path, adapter_arrays(backbone), header)
+    return path
+
+
+def load_adapters(backbone, path: str | os.PathLike) -> dict:
+    """Enables LoRA as the file says and loads its factors."""
+    header, arrays = read_npz(Path(path), "adapter")
+    if header.get("model") != model_signature(backbone):
+        raise FinetuneError(
+            f"adapter file {str(path)!r} was saved from a different model "
+            f"({header.get('model')}); this one is {model_signature(backbone)}."
+        )
+    settings = enable_lora(backbone, int(header["rank"]), float(header["alpha"]), header["targets"])
+    set_adapter_arrays(backbone, arrays, f"adapter file {str(path)!r}")
+    return settings
+
+
+def merged_backbone(backbone):
+    """A new backbone without LoRA whose kernels hold `kernel + alpha/rank * A @ B`.
+
+    The live backbone is left as it was, adapters included.
+    """
+    merged = {layer_key(layer): layer for layer in lora_layers(backbone)}
+    old = {v.path: v for v in backbone.weights}
+    clean = type(backbone).from_config(backbone.get_config())
+    for variable in clean.weights:
+        owner, name = variable.path.rsplit("/", 1)
+        if owner in merged and name == "kernel":
+            variable.assign(merged[owner].kernel)
+        elif variable.path in old:
+            variable.assign(old[variable.path])
+        else:
+            raise FinetuneError(f"cannot merge: no weight {variable.path!r} in the LoRA model.")
+    return clean
