@@ -43,3 +43,7 @@ class GenerationArgumentError(GemmaKerasError, ValueError):
 
 class CacheError(GemmaKerasError, RuntimeError):
     """The conversion cache could not be written or read."""
+
+
+class DistributionError(GemmaKerasError, ValueError):
+    """A device mesh or sharding request does not fit the devices or the model."""
