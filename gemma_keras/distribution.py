@@ -58,10 +58,12 @@ RULES: tuple[tuple[str, tuple[Axes, ...]], ...] = (
     # (vocabulary, hidden). By vocabulary first: the tied output projection
     # then yields logits split over the vocabulary and needs no gather.
     (_PREFIX + r"token_embedding/embeddings", ((MODEL, None), (None, MODEL))),
-    # (heads, hidden, head_dim). Query heads, and key/value heads when there
-    # are enough of them; one KV head (or a count the axis does not divide)
-    # stays whole, as in Megatron's handling of multi-query attention.
-    (_BLOCK + r"attention/(?:query|key|value)/kernel", ((MODEL, None, None),)),
+    # (heads, hidden, head_dim), split by heads. Query and key/value heads
+    # are separate rules, as their counts differ: one KV head (or a count the
+    # axis does not divide) stays whole on every device, as Megatron does
+    # for multi-query attention, while the query heads are still split.
+    (_BLOCK + r"attention/query/kernel", ((MODEL, None, None),)),
+    (_BLOCK + r"attention/(?:key|value)/kernel", ((MODEL, None, None),)),
     # (heads, head_dim, hidden): split like the query heads that feed it.
     (_BLOCK + r"attention/attention_output/kernel", ((MODEL, None, None),)),
     # (hidden, ffn) and (ffn, hidden): split along the feed-forward width.
