@@ -145,12 +145,13 @@ def distribute(
     import keras
     import numpy as np
 
+    where = "given" if devices is not None else "available"
     devices = list(devices) if devices is not None else keras.distribution.list_devices()
     mp = _positive("model_parallel", model_parallel)
     if data_parallel == "auto":
         if len(devices) % mp:
             raise DistributionError(
-                f"model_parallel={mp} does not divide the {len(devices)} devices; pass a "
+                f"model_parallel={mp} does not divide the {len(devices)} {where} devices; pass a "
                 f"model_parallel that divides {len(devices)}, or devices=... with a multiple of {mp}."
             )
         dp = len(devices) // mp
@@ -159,7 +160,7 @@ def distribute(
     if dp * mp != len(devices):
         raise DistributionError(
             f"data_parallel={dp} x model_parallel={mp} = {dp * mp} devices, but {len(devices)} are "
-            f"given. Pass sizes whose product is {len(devices)}, or devices=... with {dp * mp} devices."
+            f"{where}. Pass sizes whose product is {len(devices)}, or devices=... with {dp * mp} devices."
         )
     grid = np.asarray(devices, dtype=object)
     if mp == 1:

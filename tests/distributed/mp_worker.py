@@ -6,7 +6,8 @@ Each process sees 2 CPU devices, joins the other over loopback with
 `jax.distributed.initialize` (CPU collectives over gloo), calls
 `gk.distribute()` for data parallelism over all 4 devices, and runs one LoRA
 step on its half of the fixed batch. It writes the loss, the LoRA factors as
-initialized by Keras and as trained, to OUT.npz.
+initialized by Keras and as trained, and whether generate refused to run
+across processes, to OUT.npz.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ def main(port: int, process_id: int, gguf: str, out: str) -> None:
     half = slice(process_id * BATCH // 2, (process_id + 1) * BATCH // 2)
     local = ({k: v[half] for k, v in x.items()}, y[half], weight[half])
     loss, weights = train_step(lm, *local)
+    try:
+        lm.generate("hello", max_new_tokens=2)
+        refused = False
+    except gk.DistributionError:
+        refused = True
     np.savez(
         out,
         loss=loss,
+        generate_refused=refused,
         **{f"init:{k}": v for k, v in keras_init.items()},
         **{f"trained:{k}": v for k, v in weights.items()},
     )

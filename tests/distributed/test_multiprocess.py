@@ -73,6 +73,9 @@ def test_two_processes_train_one_data_parallel_step(tiny_gguf, tmp_path):
     for key in got[0]:
         np.testing.assert_array_equal(got[0][key], got[1][key], err_msg=key)
 
+    # generate cannot run across processes yet, and says so.
+    assert bool(got[0]["generate_refused"])
+
     # And the step equals one device's step on the whole batch (both halves).
     gk.distribute(None)
     lm = gk.load(path)
