@@ -2,6 +2,7 @@
 
     nox -s tests              # tests-jax, tests-tensorflow, tests-torch
     nox -s tests-torch        # one backend
+    nox -s tests_distributed  # sharding on 8 simulated CPU devices (JAX)
     nox -s lint docs          # ruff; mkdocs --strict
     nox -s demo               # the embedded Gemma 3 270M generates text
 
@@ -25,7 +26,7 @@ TEST_CACHE = ROOT / ".nox" / "gemma-keras-cache"
 # pip pull a multi-GB CUDA build, so it goes in first, pinned.
 TORCH = "torch==2.13.0"
 
-nox.options.sessions = ["lint", "docs", "tests"]
+nox.options.sessions = ["lint", "docs", "tests", "tests_distributed"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -41,7 +42,23 @@ def tests(session: nox.Session, backend: str) -> None:
         "GEMMA_KERAS_TEST_CACHE": str(TEST_CACHE),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    args = session.posargs or ["-ra", "--durations=15", "tests"]
+    # The sharding tests need 8 devices and JAX: tests_distributed runs them.
+    args = session.posargs or ["-ra", "--durations=15", "-m", "not distributed", "tests"]
+    session.run("python", "-m", "pytest", *args, env=env)
+
+
+@nox.session
+def tests_distributed(session: nox.Session) -> None:
+    """Data and model parallelism on JAX: 8 simulated CPU devices, plus a 2-process run."""
+    # No torch or transformers: nothing here compares against them.
+    session.install("-e", ".[jax]", "pytest>=8")
+    env = {
+        "KERAS_BACKEND": "jax",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    args = session.posargs or ["-ra", "--durations=10", "-m", "distributed", "tests/distributed"]
     session.run("python", "-m", "pytest", *args, env=env)
 
 

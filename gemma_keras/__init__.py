@@ -13,12 +13,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from gemma_keras.backend import available_backends, current_backend, use_backend
 from gemma_keras.errors import (
     BackendError,
     CacheError,
+    DistributionError,
     GemmaKerasError,
     GenerationArgumentError,
     GGUFError,
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "CacheError",
+    "DistributionError",
     "Gemma",
     "GemmaKerasError",
     "GenerationArgumentError",
@@ -44,11 +47,14 @@ __all__ = [
     "UnsupportedModelError",
     "available_backends",
     "current_backend",
+    "distribute",
+    "distribution",
     "load",
     "use_backend",
 ]
 
 if TYPE_CHECKING:
+    from gemma_keras import distribution
     from gemma_keras.model import Gemma
     from gemma_keras.sampling import SamplingParams
 
@@ -60,12 +66,37 @@ def load(source: Any = None, **kwargs: Any) -> Gemma:
     return _load(source, **kwargs)
 
 
+def distribute(
+    data_parallel: int | Literal["auto"] | None = "auto",
+    model_parallel: int = 1,
+    *,
+    devices: Sequence[Any] | None = None,
+):
+    """Shards models loaded from now on over devices (JAX only); `distribute(None)` stops.
+
+    See `gemma_keras.distribution.distribute` for the arguments.
+
+    Example:
+
+    >>> import gemma_keras as gk
+    >>> gk.distribute(data_parallel=2, model_parallel=4)  # doctest: +SKIP
+    >>> lm = gk.load()  # doctest: +SKIP
+    """
+    from gemma_keras.distribution import distribute as _distribute
+
+    return _distribute(data_parallel, model_parallel, devices=devices)
+
+
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import gemma_keras` stays free of keras and numpy-heavy code.
     if name == "Gemma":
         from gemma_keras.model import Gemma
 
         return Gemma
+    if name == "distribution":
+        import importlib
+
+        return importlib.import_module("gemma_keras.distribution")
     if name == "SamplingParams":
         from gemma_keras.sampling import SamplingParams
 

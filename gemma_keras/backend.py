@@ -43,6 +43,8 @@ _INSTALL = {
 }
 # Preference when nothing names a backend: JAX compiles the decode loop best.
 _PREFERENCE = ("jax", "torch", "tensorflow")
+# Backends on which Keras' distribution API shards variables.
+SHARDING_BACKENDS = ("jax",)
 
 _explicit: str | None = None
 
@@ -201,6 +203,22 @@ def devices(name: str | None = None) -> list[str]:
         found.append(f"{kind}:{counts.get(kind, 0)}")
         counts[kind] = counts.get(kind, 0) + 1
     return found
+
+
+def require_sharding_backend(feature: str) -> str:
+    """Returns the backend if it can shard Keras variables over devices, else raises.
+
+    Keras' distribution API (`DeviceMesh`, `DataParallel`, `ModelParallel`)
+    places and shards variables on JAX only.
+    """
+    name = current_backend()
+    if name not in SHARDING_BACKENDS:
+        raise BackendError(
+            f"{feature} needs the JAX backend, but this process uses {name!r}: Keras shards "
+            "variables over devices only on JAX. Start Python with KERAS_BACKEND=jax, or call "
+            "gemma_keras.use_backend('jax') before anything imports keras."
+        )
+    return name
 
 
 def has_accelerator(name: str | None = None) -> bool:

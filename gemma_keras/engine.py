@@ -188,6 +188,12 @@ class DecodeEngine:
     # --- a whole generation ---------------------------------------------------
     def start(self, prompts: Sequence[Sequence[int]], max_new_tokens: int):
         """Prefills left-padded prompts; returns a `DecodeState`."""
+        rows = len(prompts)
+        placement = self._placement()
+        if placement is not None:
+            # The batch axis must divide the batch: repeat the last prompt,
+            # whose rows are cut off the results again.
+            prompts = list(prompts) + [prompts[-1]] * (placement.padded_rows(rows) - rows)
         batch = len(prompts)
         longest = max(len(p) for p in prompts)
         prompt_len = bucket(longest, MIN_PROMPT_BUCKET)
@@ -208,8 +214,18 @@ class DecodeEngine:
         else:
             run, chunk = self.run, self.run_greedy_chunk
             cache = self.new_cache(batch, cache_len)
+        if placement is not None:
+            tokens, mask, cache = placement.put((tokens, mask, cache))
         logits, cache = run(tokens, mask, cache, 0)
-        return DecodeState(run, chunk, mask, cache, prompt_len, cache_len, logits)
+        return DecodeState(run, chunk, mask, cache, prompt_len, cache_len, logits[:rows], placement)
+
+    def _placement(self):
+        """How to split inputs over the devices, when the model is sharded (JAX only)."""
+        if self.backend != "jax":
+            return None
+        from gemma_keras.distribution import batch_placement
+
+        return batch_placement(self.causal_lm.variables)
 
     def _torch_decoder(self):
         """The plain-torch path on the torch backend, when the model allows it."""
@@ -254,8 +270,10 @@ def _use_position_sliding_mask(attention) -> None:
 class DecodeState:
     """The state of one batched generation between steps."""
 
-    def __init__(self, run, chunk, mask, cache, index: int, cache_len: int, logits):
+    def __init__(self, run, chunk, mask, cache, index: int, cache_len: int, logits, placement=None):
         self._run = run
+        self._placement = placement
+        self.rows = len(logits)
         self._chunk = chunk
         self.mask = mask
         self.cache = cache
@@ -269,8 +287,8 @@ class DecodeState:
 
     def step(self, next_ids: np.ndarray) -> np.ndarray:
         """Feeds one token per row; returns the next logits."""
-        tokens = np.asarray(next_ids, dtype=np.int32).reshape(-1, 1)
-        self.logits, self.cache = self._run(tokens, self.mask, self.cache, self.index)
+        logits, self.cache = self._run(self._tokens(next_ids), self.mask, self.cache, self.index)
+        self.logits = logits[: self.rows]
         self.index += 1
         return self.logits
 
@@ -279,8 +297,16 @@ class DecodeState:
 
         The last pick is not fed yet; pass it to the next call.
         """
-        tokens = np.asarray(next_ids, dtype=np.int32).reshape(-1, 1)
-        picks, self.cache = self._chunk(tokens, self.mask, self.cache, self.index)
+        picks, self.cache = self._chunk(self._tokens(next_ids), self.mask, self.cache, self.index)
         self.index += CHUNK
         self.logits = None
-        return picks
+        return picks[: self.rows]
+
+    def _tokens(self, next_ids: np.ndarray):
+        tokens = np.asarray(next_ids, dtype=np.int32).reshape(-1, 1)
+        if self._placement is None:
+            return tokens
+        extra = self._placement.padded_rows(self.rows) - self.rows
+        # Padding rows follow the last real row, as in `DecodeEngine.start`.
+        tokens = np.concatenate([tokens, np.repeat(tokens[-1:], extra, axis=0)])
+        return self._placement.put(tokens)

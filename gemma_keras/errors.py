@@ -51,3 +51,7 @@ class DataError(GemmaKerasError, ValueError):
 
 class FinetuneError(GemmaKerasError, ValueError):
     """A fine-tuning argument, adapter file or checkpoint is invalid."""
+
+
+class DistributionError(GemmaKerasError, ValueError):
+    """A device mesh or sharding request does not fit the devices or the model."""

@@ -1,0 +1,48 @@
+"""generate on a mesh gives the tokens and logits of one device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gemma_keras as gk
+from tests.conftest import ARCHITECTURES
+
+pytestmark = pytest.mark.distributed
+
+# Three prompts: not a multiple of either mesh's batch axis, so padding is exercised.
+PROMPTS = ["hello world", "the capital of France is", "Paris"]
+STEPS = 20  # past the sliding window of 8, and over a chunk boundary
+MESHES = [(8, 1), (2, 4)]
+
+
+def _run(lm):
+    ids = [lm.tokenizer.encode(p) for p in PROMPTS]
+    state = lm.engine.start(ids, STEPS)
+    greedy = lm._generate_ids(PROMPTS, STEPS, gk.SamplingParams(), (), True)
+    # A repetition penalty decodes on the host one step at a time (no chunks).
+    stepped = lm._generate_ids(PROMPTS, 6, gk.SamplingParams(repetition_penalty=1.3), (), True)
+    return state, greedy, stepped
+
+
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: f"{m[0]}x{m[1]}")
+@pytest.mark.parametrize("kv_heads", [1, 4])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_sharded_generate_matches_one_device(tiny_gguf, reference_model, arch, kv_heads, mesh):
+    ref_state, ref_greedy, ref_stepped = _run(reference_model(arch, kv_heads))
+
+    path, _ = tiny_gguf(arch, kv_heads=kv_heads)
+    dist = gk.distribute(*mesh)
+    lm = gk.load(path)
+    state, greedy, stepped = _run(lm)
+
+    assert len(lm.backbone.weights[0].value.sharding.device_set) == 8
+    # The batch was padded to the batch axis and split over it.
+    first = state.cache[0][0] if isinstance(state.cache[0], tuple) else state.cache[0]
+    assert first.shape[0] % mesh[0] == 0
+    assert first.sharding.spec[0] == dist.batch_dim_name
+    assert state.logits.shape == ref_state.logits.shape == (len(PROMPTS), lm.tokenizer.vocabulary_size)
+    np.testing.assert_allclose(state.logits, ref_state.logits, atol=1e-4, rtol=0)
+    assert greedy == ref_greedy
+    assert all(len(row) == STEPS for row in greedy)
+    assert stepped == ref_stepped
