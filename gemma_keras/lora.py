@@ -120,6 +120,13 @@ def enable_lora(backbone, rank: int, alpha: float | None = None, targets=None, s
             enabled.append(index)
     if not enabled:
         raise FinetuneError(f"no layer of this model matches the LoRA targets {list(names)}.")
+    # A frozen layer leaves its variables marked trainable; on torch that keeps
+    # `requires_grad`, and autograd then computes a gradient for every base
+    # weight (the 256k-row embedding included) only to throw it away.
+    factors = {id(v) for layer in lora_layers(backbone) for v in (layer.lora_kernel_a, layer.lora_kernel_b)}
+    for variable in backbone.weights:
+        if id(variable) not in factors:
+            variable.trainable = False
     # KerasHub's own bookkeeping, so `backbone.save_lora_weights` works too.
     backbone._lora_enabled_layers = enabled
     backbone._lora_rank = rank

@@ -56,6 +56,8 @@ def test_training_lowers_the_loss_and_leaves_base_weights_alone(fresh, architect
     assert all(np.array_equal(before[p], after[p]) for p in before), "a frozen base weight changed"
     trainable = {v.path.rsplit("/", 1)[1] for v in lm.causal_lm.trainable_variables}
     assert trainable == {"lora_kernel_a", "lora_kernel_b"}
+    # Frozen at the variable level too (on torch: no gradient is computed for them).
+    assert {v.path.rsplit("/", 1)[1] for v in lm.backbone.weights if v.trainable} == trainable
     moved = [p for p in after if p.endswith("lora_kernel_b") and np.abs(after[p]).max() > 0]
     assert len(moved) == 7 * lm.backbone.num_layers  # every target of every layer learned
 

@@ -44,3 +44,26 @@ def test_lora_step_matches_one_device(tiny_gguf, arch, kv_heads, mesh):
     # The step ran on the mesh: the base weights stayed there, the LoRA factors too.
     for v in lm_d.backbone.weights:
         assert len(v.value.sharding.device_set) == 8, v.path
+
+
+@pytest.mark.parametrize("mesh", [(2, 4), (8, 1)], ids=["2x4", "8x1"])
+def test_finetune_on_a_mesh_matches_one_device(tiny_gguf, mesh):
+    from gemma_keras.lora import adapter_arrays
+
+    path, _ = tiny_gguf("gemma3", kv_heads=1)
+    records = [{"prompt": f"question {i}", "response": f"answer number {i}"} for i in range(16)]
+    options = dict(lora_rank=4, batch_size=8, epochs=2, learning_rate=1e-2, sequence_length=64, verbose=False)
+    results = []
+    for setting in (None, mesh):
+        gk.distribute(None) if setting is None else gk.distribute(*setting)
+        lm = gk.load(path)
+        history = lm.finetune(records, **options).history
+        results.append(([h["loss"] for h in history], adapter_arrays(lm.backbone), lm))
+    gk.distribute(None)
+    (losses, adapters, _), (losses_d, adapters_d, lm_d) = results
+    assert losses_d == pytest.approx(losses, abs=1e-5)
+    for name in adapters:
+        np.testing.assert_allclose(adapters_d[name], adapters[name], atol=1e-5, rtol=0, err_msg=name)
+    assert all(len(v.value.sharding.device_set) == 8 for v in lm_d.backbone.weights)
+    # The tuned model generates on the mesh too.
+    assert isinstance(lm_d.generate("question 3", max_new_tokens=4), str)

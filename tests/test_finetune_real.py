@@ -1,0 +1,47 @@
+"""The proof that fine-tuning teaches: made-up facts on the real Gemma 3 270M.
+
+The base model cannot know them (it must get them wrong first); after a
+bounded LoRA run greedy answers must start with the taught answer for at
+least 90% of the questions. About 2-4 minutes per backend on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import gemma_keras as gk
+from gemma_keras.chat import render_messages
+from gemma_keras.testing import made_up_fact_records, made_up_facts
+
+pytestmark = pytest.mark.real
+
+
+def _right(lm, pairs) -> list[bool]:
+    prompts = [render_messages([{"role": "user", "content": q}]) for q, _ in pairs]
+    replies = lm.generate(prompts, max_new_tokens=8, add_bos=False)
+    return [r.strip().startswith(a.rstrip(".")) for r, (_, a) in zip(replies, pairs, strict=True)]
+
+
+def test_lora_teaches_made_up_facts(tmp_path):
+    lm = gk.load()  # its own copy: fine-tuning changes the model in place
+    pairs = made_up_facts()
+    assert sum(_right(lm, pairs)) == 0, "the base model already knows a made-up fact"
+    result = lm.finetune(
+        made_up_fact_records(),
+        lora_rank=8,
+        lora_alpha=16,
+        epochs=10,
+        batch_size=2,
+        learning_rate=2e-3,
+        sequence_length=64,
+        out_dir=tmp_path,
+        verbose=False,
+    )
+    print(
+        f"fine-tuned {result.steps} steps at {result.tokens_per_second:.0f} tok/s, loss {result.train_loss:.4f}"
+    )
+    right = _right(lm, pairs)
+    assert sum(right) >= 0.9 * len(pairs), [q for (q, _), ok in zip(pairs, right, strict=True) if not ok]
+    # The adapters alone carry what was learned.
+    fresh = gk.load().load_adapters(tmp_path / "adapters.npz")
+    assert _right(fresh, pairs[:6]) == right[:6]
