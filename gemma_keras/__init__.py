@@ -19,6 +19,7 @@ from gemma_keras.backend import available_backends, current_backend, use_backend
 from gemma_keras.errors import (
     BackendError,
     CacheError,
+    ExportError,
     GemmaKerasError,
     GenerationArgumentError,
     GGUFError,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "CacheError",
+    "ExportError",
     "Gemma",
     "GemmaKerasError",
     "GenerationArgumentError",

@@ -43,3 +43,11 @@ class GenerationArgumentError(GemmaKerasError, ValueError):
 
 class CacheError(GemmaKerasError, RuntimeError):
     """The conversion cache could not be written or read."""
+
+
+class ExportError(GemmaKerasError):
+    """A model cannot be exported as asked, or its destination could not be written.
+
+    Nothing is ever left at the destination when this is raised: exports are
+    written beside it and renamed into place only once complete.
+    """
