@@ -387,3 +387,28 @@ def test_gemma_import_does_not_import_keras():
     code = "import sys, gemma_keras, gemma_keras.export; print('keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", (BACKEND, out.stderr[-2000:])
+
+
+# --- command line -------------------------------------------------------------------------------
+def test_cli_export(tiny_gguf, tiny_model, tmp_path, capsys):
+    from gemma_keras import cli
+
+    path, _ = tiny_gguf("gemma2")
+    dest = tmp_path / "out.gguf"
+    assert cli.main(["export", str(path), "--to", str(dest), "--dtype", "f32", "--backend", BACKEND]) == 0
+    assert capsys.readouterr().out.strip() == str(dest)
+    ids = ids_of(tiny_model("gemma2"))
+    np.testing.assert_allclose(gk.load(dest).logits(ids), tiny_model("gemma2").logits(ids), rtol=0, atol=1e-5)
+    # An existing destination: one-line error, exit code 2, nothing replaced.
+    before = dest.read_bytes()
+    assert cli.main(["export", str(path), "--to", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and str(dest) in err
+    assert dest.read_bytes() == before
+    assert cli.main(["export", str(path), "--to", str(dest), "--overwrite"]) == 0
+    assert dest.read_bytes() != before  # now f16, the default
+    # A directory destination needs --format; the error comes before any loading.
+    assert cli.main(["export", str(path), "--to", str(tmp_path / "hf")]) == 2
+    assert "--format" in capsys.readouterr().err
+    assert cli.main(["export", str(path), "--to", str(tmp_path / "hf"), "--format", "safetensors"]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
