@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import shutil
 import tempfile
@@ -232,10 +233,15 @@ def _default_permissions(path: Path) -> None:
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 
 
+@functools.lru_cache(maxsize=1)
+def _libc_renameat2():
+    libc_name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
+
+
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:
     """Linux's renameat2; False where the C library or filesystem lacks it."""
-    libc_name = ctypes.util.find_library("c")
-    func = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
+    func = _libc_renameat2()
     if func is None:
         return False
     at_fdcwd = -100
