@@ -51,7 +51,7 @@ def write_gguf(lm: Gemma, path: Path, dtype: str = "f16") -> None:
     """Writes `lm` to the GGUF file `path` (which the caller stages atomically)."""
     import gguf
 
-    from gemma_keras.gguf_import import _27B_LAYERS, _ROPE_BASE
+    from gemma_keras.gguf_import import _27B_LAYERS
     from gemma_keras.tensor_map import read_backbone, to_gguf_norm
 
     arch = lm.info.architecture
@@ -67,31 +67,26 @@ def write_gguf(lm: Gemma, path: Path, dtype: str = "f16") -> None:
     writer = gguf.GGUFWriter(os.fspath(path), arch)
     writer.add_type("model")
     writer.add_name(f"{arch} exported by gemma_keras")
-    writer.add_context_length(lm.info.context_length)
-    writer.add_embedding_length(cfg["hidden_dim"])
-    writer.add_block_count(cfg["num_layers"])
-    # KerasHub's Gemma 1/2 `intermediate_dim` counts gate and up together.
-    ffn = cfg["intermediate_dim"] if arch == "gemma3" else cfg["intermediate_dim"] // 2
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(cfg["num_query_heads"])
-    writer.add_head_count_kv(cfg["num_key_value_heads"])
-    writer.add_key_length(cfg["head_dim"])
-    writer.add_value_length(cfg["head_dim"])
-    writer.add_layer_norm_rms_eps(cfg["layer_norm_epsilon"])
-    writer.add_rope_freq_base(_ROPE_BASE[arch])
-    if arch != "gemma":
-        writer.add_sliding_window(cfg["sliding_window_size"])
-        if cfg.get("attention_logit_soft_cap"):
-            writer.add_attn_logit_softcapping(cfg["attention_logit_soft_cap"])
-        if cfg.get("final_logit_soft_cap"):
-            writer.add_final_logit_softcapping(cfg["final_logit_soft_cap"])
-    factor = cfg.get("global_rope_scaling_factor", 1.0) or 1.0
-    if arch == "gemma3" and factor != 1.0:
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(factor)
+    add_hyperparameters(
+        writer,
+        arch,
+        context=lm.info.context_length,
+        hidden=cfg["hidden_dim"],
+        layers=cfg["num_layers"],
+        # KerasHub's Gemma 1/2 `intermediate_dim` counts gate and up together.
+        ffn=cfg["intermediate_dim"] if arch == "gemma3" else cfg["intermediate_dim"] // 2,
+        heads=cfg["num_query_heads"],
+        kv_heads=cfg["num_key_value_heads"],
+        head_dim=cfg["head_dim"],
+        eps=cfg["layer_norm_epsilon"],
+        sliding_window=cfg.get("sliding_window_size") if arch != "gemma" else None,
+        attn_softcap=cfg.get("attention_logit_soft_cap"),
+        final_softcap=cfg.get("final_logit_soft_cap"),
+        rope_scaling=cfg.get("global_rope_scaling_factor", 1.0) or 1.0,
+    )
     writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[dtype]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_vocabulary(writer, lm.tokenizer.proto)
+    _add_proto_vocabulary(writer, lm.tokenizer.proto)
 
     for name, array in read_backbone(lm.backbone):
         data, raw_dtype = encode(to_gguf_norm(array), dtype)
@@ -102,8 +97,77 @@ def write_gguf(lm: Gemma, path: Path, dtype: str = "f16") -> None:
     writer.close()
 
 
-def _add_vocabulary(writer, proto: bytes) -> None:
-    """The SentencePiece model as llama.cpp's three arrays plus special ids.
+def add_hyperparameters(
+    writer,
+    arch: str,
+    *,
+    context: int,
+    hidden: int,
+    layers: int,
+    ffn: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    eps: float,
+    sliding_window: int | None = None,
+    attn_softcap: float | None = None,
+    final_softcap: float | None = None,
+    rope_scaling: float = 1.0,
+) -> None:
+    """The `<arch>.*` keys llama.cpp reads for Gemma (also used by `testing.write_tiny_gguf`)."""
+    import gguf
+
+    from gemma_keras.gguf_import import _ROPE_BASE
+
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(eps)
+    writer.add_rope_freq_base(_ROPE_BASE[arch])
+    if sliding_window:
+        writer.add_sliding_window(sliding_window)
+    if attn_softcap:
+        writer.add_attn_logit_softcapping(attn_softcap)
+    if final_softcap:
+        writer.add_final_logit_softcapping(final_softcap)
+    if rope_scaling != 1.0:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope_scaling)
+
+
+def add_vocabulary(
+    writer,
+    tokens: list[str],
+    scores: list[float],
+    types: list[int],
+    special_ids: dict[str, int],
+    add_space_prefix: bool = False,
+) -> None:
+    """The tokenizer keys: llama.cpp's three arrays plus the special ids.
+
+    `special_ids` has `bos_id`, `eos_id`, `unk_id` and `pad_id` (a negative
+    pad id is left out).
+    """
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(special_ids["bos_id"])
+    writer.add_eos_token_id(special_ids["eos_id"])
+    writer.add_unk_token_id(special_ids["unk_id"])
+    if special_ids["pad_id"] >= 0:
+        writer.add_pad_token_id(special_ids["pad_id"])
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(add_space_prefix)
+
+
+def _add_proto_vocabulary(writer, proto: bytes) -> None:
+    """Our SentencePiece model as GGUF tokenizer keys.
 
     Pieces, types and scores are written as the model holds them. A model
     imported from GGUF has scores that follow piece order (see
@@ -113,17 +177,15 @@ def _add_vocabulary(writer, proto: bytes) -> None:
 
     model = sp_pb2.ModelProto()
     model.ParseFromString(proto)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list([p.piece for p in model.pieces])
-    writer.add_token_scores([float(p.score) for p in model.pieces])
-    writer.add_token_types([int(p.type) for p in model.pieces])
     spec = model.trainer_spec
-    writer.add_bos_token_id(spec.bos_id)
-    writer.add_eos_token_id(spec.eos_id)
-    writer.add_unk_token_id(spec.unk_id)
-    if spec.pad_id >= 0:
-        writer.add_pad_token_id(spec.pad_id)
-    writer.add_add_bos_token(True)
+    add_vocabulary(
+        writer,
+        [p.piece for p in model.pieces],
+        [float(p.score) for p in model.pieces],
+        [int(p.type) for p in model.pieces],
+        {"bos_id": spec.bos_id, "eos_id": spec.eos_id, "unk_id": spec.unk_id, "pad_id": spec.pad_id},
+        bool(model.normalizer_spec.add_dummy_prefix),
+    )
+    # What llama.cpp's converter also writes for Gemma.
+    writer.add_tokenizer_pre("default")
     writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(bool(model.normalizer_spec.add_dummy_prefix))
