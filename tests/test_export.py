@@ -171,6 +171,17 @@ def test_safetensors_loads_in_transformers(tiny_model, tmp_path, arch):
     assert 0 < diff <= GGUF_TOL["f16"], diff
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_safetensors_reads_back_in_gemma_keras(tiny_model, tmp_path, arch):
+    # gk.load hands a transformers checkpoint to KerasHub's own converter.
+    lm = tiny_model(arch)
+    ids = ids_of(lm)
+    again = gk.load(lm.export(tmp_path / "hf", format="safetensors"))
+    assert again.info.architecture == arch
+    np.testing.assert_allclose(again.score(ids), lm.score(ids), rtol=0, atol=1e-5)
+    assert again.tokenizer.encode(TEXT) == ids
+
+
 # --- LoRA -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("format", ["keras", "gguf", "safetensors"])
 def test_exports_merge_lora_and_leave_the_live_model_alone(tiny_gguf, tmp_path, format):
@@ -377,6 +388,23 @@ def test_a_keras_quantized_model_is_refused(tiny_gguf, tmp_path):
     for format in FORMATS:
         with pytest.raises(gk.ExportError, match="quantized"):
             lm.export(tmp_path / FORMATS[format], format=format)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "arch, change, message",
+    [
+        ("gemma2", {"use_sliding_window_attention": False}, "always uses sliding-window"),
+        ("gemma3", {"query_head_dim_normalize": False}, "scales queries differently"),
+    ],
+)
+def test_a_model_gguf_cannot_describe_is_refused(tiny_gguf, tmp_path, monkeypatch, arch, change, message):
+    # KerasHub can build these; llama.cpp's Gemma loader would run them differently.
+    lm = fresh(tiny_gguf, arch)
+    config = dict(lm.backbone.get_config(), **change)
+    monkeypatch.setattr(lm.backbone, "get_config", lambda: config)
+    with pytest.raises(gk.ExportError, match=message):
+        lm.export(tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []
 
 
