@@ -114,7 +114,7 @@ def write_keras_preset(lm: Gemma, out_dir: Path, dtype: str | None = None) -> No
 
     causal_lm = lm.causal_lm
     if has_lora(lm.backbone):
-        causal_lm = _without_lora(causal_lm)
+        causal_lm = rebuild(causal_lm)
     causal_lm.save_to_preset(os.fspath(out_dir))
     # gk.load reads the context length back from this; KerasHub ignores the file.
     cache.write_manifest(
@@ -123,13 +123,16 @@ def write_keras_preset(lm: Gemma, out_dir: Path, dtype: str | None = None) -> No
     )
 
 
-def _without_lora(causal_lm):
-    """A copy of the causal LM built from config, holding the merged weights."""
+def rebuild(causal_lm, **config_changes):
+    """A copy of the causal LM built from its backbone's config, holding its weights.
+
+    The config never mentions LoRA, so the copy has none, and its weights are
+    the merged ones. `config_changes` override config entries.
+    """
     from gemma_keras.tensor_map import fill_backbone, read_backbone
 
     backbone = causal_lm.backbone
-    # A backbone's config never mentions LoRA, so this one is built without it.
-    clean = type(backbone).from_config(backbone.get_config())
+    clean = type(backbone).from_config(dict(backbone.get_config(), **config_changes))
     merged = dict(read_backbone(backbone))
 
     def mismatch(name, got, wanted):

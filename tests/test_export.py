@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
+from gemma_keras import export as export_mod
 from tests.conftest import ARCHITECTURES, BACKEND
 
 TEXT = "the capital of France is Paris and hello world of the model"
@@ -176,6 +177,30 @@ def test_safetensors_reads_back_in_gemma_keras(tiny_model, tmp_path, arch):
     assert again.info.architecture == arch
     np.testing.assert_allclose(again.score(ids), lm.score(ids), rtol=0, atol=1e-5)
     assert again.tokenizer.encode(TEXT) == ids
+
+
+@pytest.mark.parity
+def test_gemma3_rope_scaling_is_carried(tiny_gguf, tmp_path):
+    # Gemma 3 4B and larger scale the RoPE positions of their global layers
+    # (every sixth) by 8; six tiny layers give one global layer.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from gemma_keras.sources import _wrap
+    from tests.hf_reference import hf_logits
+
+    plain = fresh(tiny_gguf, "gemma3", num_layers=6)
+    causal_lm = export_mod.rebuild(plain.causal_lm, global_rope_scaling_factor=8.0)
+    lm = _wrap(causal_lm, {"context_length": 512}, "scaled", plain.info.dtype)
+    ids = ids_of(lm)
+    ours = lm.score(ids)
+    assert np.abs(ours - plain.score(ids)).max() > 1e-3  # the scaling matters here
+    again = gk.load(lm.export(tmp_path / "m.gguf", dtype="f32"))
+    assert again.backbone.global_rope_scaling_factor == 8.0
+    np.testing.assert_allclose(again.score(ids), ours, rtol=0, atol=1e-5)
+    dest = lm.export(tmp_path / "hf", format="safetensors")
+    model = AutoModelForCausalLM.from_pretrained(str(dest), dtype=torch.float32).eval()
+    np.testing.assert_allclose(hf_logits(model, ids), ours, rtol=0, atol=1e-4)
 
 
 # --- LoRA -----------------------------------------------------------------------------------
