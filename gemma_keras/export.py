@@ -183,6 +183,9 @@ def staged(dest: Path, *, overwrite: bool, directory: bool) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+    # Make the rename itself durable; the export is already in place either way.
+    with contextlib.suppress(OSError):
+        _fsync_path(dest.parent)
 
 
 def remove_stale_temporaries(dest: Path) -> list[Path]:
@@ -215,14 +218,21 @@ def _remove(path: Path) -> None:
 
 
 def _fsync_tree(path: Path) -> None:
-    """Flushes every file (and directory) under `path`, so a rename publishes data, not holes."""
-    paths = [path] if path.is_file() else [*sorted(p for p in path.rglob("*") if p.is_file()), path]
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Flushes every file and directory under `path`, so a rename publishes data, not holes."""
+    if path.is_file():
+        _fsync_path(path)
+        return
+    inside = sorted(path.rglob("*"), key=lambda p: (p.is_dir(), -len(p.parts)))  # files, then deepest dirs
+    for p in [*inside, path]:
+        _fsync_path(p)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _default_permissions(path: Path) -> None:
