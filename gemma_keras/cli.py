@@ -3,6 +3,7 @@
 gemma-keras info
 gemma-keras generate "The capital of France is" --backend jax --max-new-tokens 32
 gemma-keras chat --backend torch --system "Answer briefly."
+gemma-keras export model.gguf --to gemma-hf --format safetensors
 """
 
 from __future__ import annotations
@@ -217,6 +218,23 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import gemma_keras as gk
+    from gemma_keras.export import resolve_dtype, resolve_format
+
+    # Check the arguments before the slow load.
+    fmt = resolve_format(Path(args.to), args.format)
+    resolve_dtype(fmt, args.dtype)
+    if args.backend:
+        gk.use_backend(args.backend)
+    with Spinner() as spinner:
+        lm = gk.load(args.source, progress=spinner.update)
+        spinner.update(f"writing {fmt}", 0.0)
+        dest = lm.export(args.to, format=fmt, dtype=args.dtype, overwrite=args.overwrite)
+    print(dest)
+    return 0
+
+
 def _add_model_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     parser.add_argument(
         "--model",
@@ -288,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     tune.set_defaults(func=_cmd_finetune)
+
+    exp = sub.add_parser("export", help="write a model as a Keras preset, safetensors or GGUF")
+    exp.add_argument("source", help="a .gguf file, preset dir, preset name or hub handle")
+    exp.add_argument("--to", required=True, help="the destination file or directory")
+    exp.add_argument("--format", choices=["keras", "safetensors", "gguf"], help="default: gguf for *.gguf")
+    exp.add_argument("--dtype", choices=["f32", "f16", "q8_0"], help="gguf: f16 (default); safetensors: f32")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    exp.add_argument("--backend", help="jax, tensorflow or torch")
+    exp.set_defaults(func=_cmd_export)
     return parser
 
 

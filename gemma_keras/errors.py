@@ -55,3 +55,11 @@ class FinetuneError(GemmaKerasError, ValueError):
 
 class DistributionError(GemmaKerasError, ValueError):
     """A device mesh or sharding request does not fit the devices or the model."""
+
+
+class ExportError(GemmaKerasError):
+    """A model cannot be exported as asked, or its destination could not be written.
+
+    Nothing is ever left at the destination when this is raised: exports are
+    written beside it and renamed into place only once complete.
+    """

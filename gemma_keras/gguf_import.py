@@ -255,29 +255,27 @@ def _read_metadata(path: Path, reader) -> GGUFModel:
 
 def expected_tensor_shapes(arch: str, config: dict[str, Any], ffn: int) -> dict[str, tuple[int, ...]]:
     """Every tensor a Gemma GGUF must hold, with its `(out, in)` shape."""
+    from gemma_keras.tensor_map import block_tensors
+
     hidden, head_dim = config["hidden_dim"], config["head_dim"]
     q_dim, kv_dim = config["num_query_heads"] * head_dim, config["num_key_value_heads"] * head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (config["vocabulary_size"], hidden),
         "output_norm.weight": (hidden,),
     }
-    norms = ["attn_norm", "ffn_norm"] + (["post_attention_norm", "post_ffw_norm"] if arch != "gemma" else [])
+    by_layout = {"heads_in_q": (q_dim, hidden), "heads_in_kv": (kv_dim, hidden), "heads_out": (hidden, q_dim)}
+    dense = {"ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn)}
+    norms = {"attn_q_norm": (head_dim,), "attn_k_norm": (head_dim,)}
+    flags = {
+        "use_post_attention_norm": arch != "gemma",
+        "use_post_ffw_norm": arch != "gemma",
+        "use_query_key_norm": arch == "gemma3",
+    }
     for i in range(config["num_layers"]):
-        shapes.update(
-            {
-                f"blk.{i}.attn_q.weight": (q_dim, hidden),
-                f"blk.{i}.attn_k.weight": (kv_dim, hidden),
-                f"blk.{i}.attn_v.weight": (kv_dim, hidden),
-                f"blk.{i}.attn_output.weight": (hidden, q_dim),
-                f"blk.{i}.ffn_gate.weight": (ffn, hidden),
-                f"blk.{i}.ffn_up.weight": (ffn, hidden),
-                f"blk.{i}.ffn_down.weight": (hidden, ffn),
-            }
-        )
-        shapes.update({f"blk.{i}.{n}.weight": (hidden,) for n in norms})
-        if arch == "gemma3":
-            shapes[f"blk.{i}.attn_q_norm.weight"] = (head_dim,)
-            shapes[f"blk.{i}.attn_k_norm.weight"] = (head_dim,)
+        # Matrices first, then norms: the order `testing.write_tiny_gguf` draws its weights in.
+        for t in sorted(block_tensors(flags), key=lambda t: t.layout == "norm"):
+            shape = by_layout.get(t.layout) or dense.get(t.gguf) or norms.get(t.gguf) or (hidden,)
+            shapes[f"blk.{i}.{t.gguf}.weight"] = shape
     return shapes
 
 
@@ -316,73 +314,17 @@ def backbone_class(architecture: str):
     return keras_hub.models.GemmaBackbone
 
 
-def _heads_in(array: np.ndarray, heads: int) -> np.ndarray:
-    """(heads*dim, hidden) -> Keras' (heads, hidden, dim)."""
-    return array.reshape(heads, -1, array.shape[1]).transpose(0, 2, 1)
-
-
-def _heads_out(array: np.ndarray, heads: int) -> np.ndarray:
-    """(hidden, heads*dim) -> Keras' (heads, dim, hidden)."""
-    return array.reshape(array.shape[0], heads, -1).transpose(1, 2, 0)
-
-
-def _norm(array: np.ndarray) -> np.ndarray:
-    return array - 1.0
-
-
 def build_backbone(model: GGUFModel, dtype: str | None = None, progress=None):
     """Builds the KerasHub backbone and fills it with the file's weights."""
-    cls = backbone_class(model.architecture)
-    backbone = cls(**model.backbone_config, dtype=dtype)
-    cfg = model.backbone_config
+    from gemma_keras.tensor_map import fill_backbone, from_gguf_norm
 
-    def assign(variable, value: np.ndarray, name: str) -> None:
-        if tuple(variable.shape) != value.shape:
-            raise GGUFError(
-                f"{model.path}: tensor {name!r} has shape {value.shape}, but the "
-                f"model built from the metadata needs {tuple(variable.shape)}."
-            )
-        variable.assign(value)
+    backbone = backbone_class(model.architecture)(**model.backbone_config, dtype=dtype)
 
-    embedding = model.tensor("token_embd.weight")
-    assign(backbone.get_layer("token_embedding").embeddings, embedding, "token_embd.weight")
-    del embedding
-    for i in range(cfg["num_layers"]):
-        if progress is not None:
-            progress(i, cfg["num_layers"])
-        block = backbone.get_layer(f"decoder_block_{i}")
-        attn = block.attention
-
-        def t(suffix, i=i):
-            return model.tensor(f"blk.{i}.{suffix}.weight")
-
-        assign(block.pre_attention_norm.scale, _norm(t("attn_norm")), f"blk.{i}.attn_norm")
-        assign(attn.query_dense.kernel, _heads_in(t("attn_q"), cfg["num_query_heads"]), f"blk.{i}.attn_q")
-        assign(attn.key_dense.kernel, _heads_in(t("attn_k"), cfg["num_key_value_heads"]), f"blk.{i}.attn_k")
-        assign(attn.value_dense.kernel, _heads_in(t("attn_v"), cfg["num_key_value_heads"]), f"blk.{i}.attn_v")
-        assign(
-            attn.output_dense.kernel,
-            _heads_out(t("attn_output"), cfg["num_query_heads"]),
-            f"blk.{i}.attn_output",
+    def mismatch(name: str, got: tuple, wanted: tuple) -> GGUFError:
+        return GGUFError(
+            f"{model.path}: tensor {name!r} has shape {got}, but the "
+            f"model built from the metadata needs {wanted}."
         )
-        assign(block.pre_ffw_norm.scale, _norm(t("ffn_norm")), f"blk.{i}.ffn_norm")
-        assign(block.gating_ffw.kernel, t("ffn_gate").T, f"blk.{i}.ffn_gate")
-        assign(block.gating_ffw_2.kernel, t("ffn_up").T, f"blk.{i}.ffn_up")
-        assign(block.ffw_linear.kernel, t("ffn_down").T, f"blk.{i}.ffn_down")
-        if cfg.get("use_post_attention_norm"):
-            assign(
-                block.post_attention_norm.scale,
-                _norm(t("post_attention_norm")),
-                f"blk.{i}.post_attention_norm",
-            )
-        if cfg.get("use_post_ffw_norm"):
-            assign(block.post_ffw_norm.scale, _norm(t("post_ffw_norm")), f"blk.{i}.post_ffw_norm")
-        if cfg.get("use_query_key_norm"):
-            assign(attn.query_norm.scale, _norm(t("attn_q_norm")), f"blk.{i}.attn_q_norm")
-            assign(attn.key_norm.scale, _norm(t("attn_k_norm")), f"blk.{i}.attn_k_norm")
-    assign(
-        backbone.get_layer("final_normalization").scale,
-        _norm(model.tensor("output_norm.weight")),
-        "output_norm",
-    )
+
+    fill_backbone(backbone, lambda name: from_gguf_norm(model.tensor(name)), mismatch, progress)
     return backbone

@@ -436,3 +436,42 @@ class Gemma:
 
     def config(self) -> dict[str, Any]:
         return dict(self.backbone.get_config())
+
+    # --- export -----------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Saves a KerasHub preset directory, with any LoRA merged into the weights.
+
+        `keras_hub.models.Gemma3CausalLM.from_preset(path)` (`GemmaCausalLM`
+        for Gemma 1 and 2) and `gemma_keras.load(path)` both load it.
+
+        Example:
+
+        >>> lm.save("my-gemma")  # doctest: +SKIP
+        """
+        from gemma_keras.export import export
+
+        return export(self, path, format="keras", overwrite=overwrite)
+
+    def export(
+        self,
+        dest: str | os.PathLike,
+        format: str | None = None,
+        dtype: str | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Exports as `"keras"` (a preset, as `save`), `"safetensors"` or `"gguf"`.
+
+        The format follows a `.gguf` destination, otherwise pass it. `dtype`:
+        safetensors `"f32"` (default) or `"f16"`; gguf `"f16"` (default),
+        `"f32"` or `"q8_0"`. The destination appears whole or not at all;
+        an existing one is only replaced with `overwrite=True`. See
+        docs/export.md.
+
+        Example:
+
+        >>> lm.export("gemma.gguf", dtype="q8_0")  # doctest: +SKIP
+        >>> lm.export("gemma-hf", format="safetensors")  # doctest: +SKIP
+        """
+        from gemma_keras.export import export
+
+        return export(self, dest, format=format, dtype=dtype, overwrite=overwrite)

@@ -130,39 +130,30 @@ def write_tiny_gguf(
     """
     import gguf
 
+    from gemma_keras.gguf_export import add_hyperparameters, add_vocabulary
+
     cfg = config or TinyConfig()
     rng = np.random.default_rng(seed)
     tokens, types = vocab or tiny_vocab()
     writer = gguf.GGUFWriter(os.fspath(path), architecture)
     writer.add_name(f"tiny-{architecture}")
-    writer.add_context_length(cfg.context)
-    writer.add_embedding_length(cfg.hidden)
-    writer.add_block_count(cfg.num_layers)
-    writer.add_feed_forward_length(cfg.ffn)
-    writer.add_head_count(cfg.heads)
-    writer.add_head_count_kv(cfg.kv_heads)
-    writer.add_key_length(cfg.head_dim)
-    writer.add_value_length(cfg.head_dim)
-    writer.add_layer_norm_rms_eps(1e-6)
-    if architecture == "gemma3":
-        writer.add_rope_freq_base(1_000_000.0)
-        writer.add_sliding_window(cfg.sliding_window)
-    else:
-        writer.add_rope_freq_base(10_000.0)
-    if architecture == "gemma2":
-        writer.add_sliding_window(cfg.sliding_window)
-        writer.add_attn_logit_softcapping(50.0)
-        writer.add_final_logit_softcapping(30.0)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([-1000.0 if t != 1 else 0.0 for t in types])
-    writer.add_token_types(types)
-    writer.add_bos_token_id(2)
-    writer.add_eos_token_id(1)
-    writer.add_unk_token_id(3)
-    writer.add_pad_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_space_prefix(False)
+    add_hyperparameters(
+        writer,
+        architecture,
+        context=cfg.context,
+        hidden=cfg.hidden,
+        layers=cfg.num_layers,
+        ffn=cfg.ffn,
+        heads=cfg.heads,
+        kv_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        eps=1e-6,
+        sliding_window=cfg.sliding_window if architecture != "gemma" else None,
+        attn_softcap=50.0 if architecture == "gemma2" else None,
+        final_softcap=30.0 if architecture == "gemma2" else None,
+    )
+    scores = [-1000.0 if t != 1 else 0.0 for t in types]
+    add_vocabulary(writer, tokens, scores, types, {"bos_id": 2, "eos_id": 1, "unk_id": 3, "pad_id": 0})
 
     from gemma_keras.gguf_import import expected_tensor_shapes
 
