@@ -20,8 +20,10 @@ from gemma_keras.backend import available_backends, current_backend, use_backend
 from gemma_keras.errors import (
     BackendError,
     CacheError,
+    DataError,
     DistributionError,
     ExportError,
+    FinetuneError,
     GemmaKerasError,
     GenerationArgumentError,
     GGUFError,
@@ -36,8 +38,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "CacheError",
+    "DataError",
     "DistributionError",
     "ExportError",
+    "FinetuneError",
     "Gemma",
     "GemmaKerasError",
     "GenerationArgumentError",

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gemma_keras.errors import ExportError
+from gemma_keras.lora import lora_layers
 
 if TYPE_CHECKING:
     from gemma_keras.model import Gemma
@@ -104,16 +105,12 @@ def check_exportable(lm: Gemma) -> None:
         )
 
 
-def has_lora(backbone) -> bool:
-    return any(getattr(layer, "lora_enabled", False) for layer in backbone._flatten_layers())
-
-
 def write_keras_preset(lm: Gemma, out_dir: Path, dtype: str | None = None) -> None:
     """A KerasHub preset directory, with LoRA merged into plain weights."""
     from gemma_keras import cache
 
     causal_lm = lm.causal_lm
-    if has_lora(lm.backbone):
+    if lora_layers(lm.backbone):
         causal_lm = rebuild(causal_lm)
     causal_lm.save_to_preset(os.fspath(out_dir))
     # gk.load reads the context length back from this; KerasHub ignores the file.

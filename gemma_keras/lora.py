@@ -240,22 +240,3 @@ def load_adapters(backbone, path: str | os.PathLike) -> dict:
     settings = enable_lora(backbone, int(header["rank"]), float(header["alpha"]), header["targets"])
     set_adapter_arrays(backbone, arrays, f"adapter file {str(path)!r}")
     return settings
-
-
-def merged_backbone(backbone):
-    """A new backbone without LoRA whose kernels hold `kernel + alpha/rank * A @ B`.
-
-    The live backbone is left as it was, adapters included.
-    """
-    merged = {layer_key(layer): layer for layer in lora_layers(backbone)}
-    old = {v.path: v for v in backbone.weights}
-    clean = type(backbone).from_config(backbone.get_config())
-    for variable in clean.weights:
-        owner, name = variable.path.rsplit("/", 1)
-        if owner in merged and name == "kernel":
-            variable.assign(merged[owner].kernel)
-        elif variable.path in old:
-            variable.assign(old[variable.path])
-        else:
-            raise FinetuneError(f"cannot merge: no weight {variable.path!r} in the LoRA model.")
-    return clean

@@ -374,13 +374,14 @@ class Gemma:
         plain model. Returns `self`.
         """
         from gemma_keras.errors import FinetuneError
-        from gemma_keras.lora import lora_settings, merged_backbone
+        from gemma_keras.export import rebuild
+        from gemma_keras.lora import lora_settings
 
         if lora_settings(self.backbone) is None:
             raise FinetuneError("this model has no LoRA adapters to merge.")
-        backbone = merged_backbone(self.backbone)
-        self.causal_lm = type(self.causal_lm)(backbone=backbone, preprocessor=self.causal_lm.preprocessor)
-        self.backbone = backbone
+        # The rebuilt copy has no LoRA layers; its kernels are the merged ones.
+        self.causal_lm = rebuild(self.causal_lm)
+        self.backbone = self.causal_lm.backbone
         self._rebuild_engine()
         return self
 
