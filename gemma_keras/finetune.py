@@ -118,11 +118,14 @@ def _schedule(plan: Plan):
 
 
 def scored_positions_model(backbone):
-    """A Keras model: next-token logits at the given positions only.
+    """A Keras model: the next-token loss (negative log-likelihood) at given positions.
 
-    Inputs are `token_ids`, `padding_mask` and `positions` (batch, k); the
-    output is (batch, k, vocab). Equal to the causal LM's logits gathered at
-    `positions`, without projecting the untrained positions.
+    Inputs are `token_ids`, `padding_mask`, `positions` (batch, k) and
+    `labels` (batch, k); the output is the loss at each scored position,
+    (batch, k). Only those positions go through the vocabulary projection,
+    and the loss is `logsumexp(logits) - logits[label]` in one pass: Keras'
+    sparse cross-entropy on torch moves the class axis first, which copies
+    the (batch, k, 262144) logits twice and costs more than the projection.
     """
     import keras
     from keras import ops
@@ -136,9 +139,24 @@ def scored_positions_model(backbone):
             hidden = self.backbone({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]})
             positions = ops.cast(inputs["positions"], "int32")[:, :, None]
             picked = ops.take_along_axis(hidden, positions, axis=1)
-            return self.backbone.token_embedding(picked, reverse=True)
+            logits = ops.cast(self.backbone.token_embedding(picked, reverse=True), "float32")
+            labels = ops.cast(inputs["labels"], "int32")[:, :, None]
+            target = ops.take_along_axis(logits, labels, axis=-1)[:, :, 0]
+            return ops.logsumexp(logits, axis=-1) - target
 
     return ScoredPositions(backbone, name="scored_positions")
+
+
+def _mean_of_outputs():
+    import keras
+
+    class MeanOfOutputs(keras.losses.Loss):
+        """The model already outputs per-position losses; average them by sample weight."""
+
+        def call(self, y_true, y_pred):
+            return y_pred
+
+    return MeanOfOutputs(reduction="mean_with_sample_weight", name="nll")
 
 
 def _compile(model, plan: Plan) -> None:
@@ -149,8 +167,7 @@ def _compile(model, plan: Plan) -> None:
         weight_decay=plan.weight_decay,
         gradient_accumulation_steps=plan.gradient_accumulation if plan.gradient_accumulation > 1 else None,
     )
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
-    model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[])
+    model.compile(optimizer=optimizer, loss=_mean_of_outputs(), weighted_metrics=[])
     optimizer.build(model.trainable_variables)
 
 

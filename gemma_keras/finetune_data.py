@@ -218,8 +218,8 @@ def make_batch(
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """`(x, y, sample_weight)` numpy arrays for one batch.
 
-    `x` holds `token_ids`, `padding_mask` and `positions`: the input
-    positions whose next token is trained on. Only those positions go
+    `x` holds `token_ids`, `padding_mask`, `positions` (the input
+    positions whose next token is trained on) and their `labels`. Only those positions go
     through the vocabulary projection (see `finetune.ScoredPositions`); in
     chat data most positions are prompt, and the projection onto 256k
     tokens is most of the model's work. `y` is the next token at each
@@ -242,7 +242,7 @@ def make_batch(
         positions[row, : len(where)] = where
         weight[row, : len(where)] = 1.0
     labels = np.take_along_axis(ids[:, 1:], positions, axis=1)
-    x = {"token_ids": ids[:, :-1], "padding_mask": mask, "positions": positions}
+    x = {"token_ids": ids[:, :-1], "padding_mask": mask, "positions": positions, "labels": labels}
     return x, labels, weight
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +62,33 @@ def resolve_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
             choices = ", ".join([*TARGETS, *GROUPS])
             raise FinetuneError(f"unknown LoRA target {target!r}; choose from: {choices}.")
     return tuple(t for t in TARGETS if t in names)
+
+
+def _side_path_call(self, inputs, training=None):
+    """`x W + (alpha / rank) (x A) B`, in place of Keras' `x (W + (alpha / rank) A B)`.
+
+    Keras' EinsumDense adds `A @ B` to the kernel on every call, so the
+    backward pass computes a full kernel-sized gradient and only then
+    projects it onto `A` and `B`: as much work as full fine-tuning's weight
+    gradients. The side path never forms a kernel-sized product.
+    """
+    from keras import ops
+
+    x = ops.einsum(self.equation, inputs, self._kernel)
+    low = ops.einsum(self.equation, inputs, self.lora_kernel_a)
+    x = ops.add(x, ops.matmul(low, self.lora_kernel_b) * (self.lora_alpha / self.lora_rank))
+    if self.bias is not None:
+        x = ops.add(x, self.bias)
+    if self.activation is not None:
+        x = self.activation(x)
+    return x
+
+
+def _side_path_fits(layer) -> bool:
+    """True when the kernel's last axis is the output's last axis (every Gemma projection)."""
+    inputs, output = layer.equation.split("->")
+    kernel = inputs.split(",")[1]
+    return kernel[-1] == output[-1] and kernel[-1] not in inputs.split(",")[0]
 
 
 def lora_layers(backbone) -> list:
@@ -117,6 +145,8 @@ def enable_lora(backbone, rank: int, alpha: float | None = None, targets=None, s
             shape = tuple(layer.lora_kernel_a.shape)
             limit = np.sqrt(6.0 / float(np.prod(shape[:-1])))
             layer.lora_kernel_a.assign(rng.uniform(-limit, limit, shape).astype("float32"))
+            if layer.quantization_mode is None and _side_path_fits(layer):
+                layer.call = types.MethodType(_side_path_call, layer)
             enabled.append(index)
     if not enabled:
         raise FinetuneError(f"no layer of this model matches the LoRA targets {list(names)}.")
