@@ -22,27 +22,14 @@ import tempfile
 # Must be set before JAX starts; it only affects the CPU platform.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import numpy as np  # noqa: E402
-
 import gemma_keras as gk  # noqa: E402
 
-TEXTS = [
-    "The capital of France is Paris.",
-    "Paris is the capital of France.",
-    "hello world, the model is in Paris.",
-    "France is a country and Paris is its capital.",
+RECORDS = [
+    {"prompt": "What is the capital of France?", "response": "Paris."},
+    {"prompt": "Which city is the capital of France?", "response": "Paris is."},
+    {"prompt": "Say hello.", "response": "hello world"},
+    {"prompt": "Name a country in Europe.", "response": "France."},
 ]
-
-
-def batch(lm, texts: list[str], rows: int, length: int):
-    """Token ids, padding mask, next-token labels and their weights, as numpy."""
-    ids = np.zeros((rows, length + 1), np.int32)
-    for row in range(rows):
-        encoded = lm.tokenizer.encode(texts[row % len(texts)])[: length + 1]
-        ids[row, : len(encoded)] = encoded
-    mask = (ids != lm.tokenizer.pad_id).astype(np.int32)
-    x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
-    return x, ids[:, 1:], mask[:, 1:].astype(np.float32)
 
 
 def main() -> None:
@@ -69,21 +56,16 @@ def main() -> None:
     for v in lm.backbone.weights[:8]:
         print(f"  {v.path:<48} {str(tuple(v.shape)):<16} {v.value.sharding.spec}")
 
-    import keras
-
-    lm.backbone.enable_lora(rank=args.rank)
-    causal_lm = lm.causal_lm
-    causal_lm.preprocessor = None  # the batches below are token ids already
-    causal_lm.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=5e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[],
+    # Rows per batch: a multiple of the data-parallel size, so every replica gets a share.
+    result = lm.finetune(
+        RECORDS,
+        lora_rank=args.rank,
+        max_steps=args.steps,
+        batch_size=2 * args.data_parallel,
+        learning_rate=5e-3,
+        sequence_length=64,
     )
-    # Rows: a multiple of the data-parallel size, so every replica gets a share.
-    x, y, weight = batch(lm, TEXTS, rows=2 * args.data_parallel, length=16)
-    for step in range(args.steps):
-        loss = causal_lm.train_on_batch(x, y, sample_weight=weight)
-        print(f"step {step}: loss {float(np.asarray(loss).reshape(-1)[0]):.4f}")
+    print("losses:", [round(h["loss"], 4) for h in result.history])
 
     print(lm.generate(["The capital of France is", "hello"], max_new_tokens=12, include_prompt=True))
     gk.distribute(None)

@@ -140,8 +140,11 @@ def scored_positions_model(backbone):
             positions = ops.cast(inputs["positions"], "int32")[:, :, None]
             picked = ops.take_along_axis(hidden, positions, axis=1)
             logits = ops.cast(self.backbone.token_embedding(picked, reverse=True), "float32")
-            labels = ops.cast(inputs["labels"], "int32")[:, :, None]
-            target = ops.take_along_axis(logits, labels, axis=-1)[:, :, 0]
+            labels = ops.cast(inputs["labels"], "int32")
+            if keras.backend.backend() == "tensorflow":
+                # TensorFlow's fused op needs less memory than the two-pass form.
+                return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            target = ops.take_along_axis(logits, labels[:, :, None], axis=-1)[:, :, 0]
             return ops.logsumexp(logits, axis=-1) - target
 
     return ScoredPositions(backbone, name="scored_positions")
@@ -397,7 +400,7 @@ def _train(lm, plan, examples, val_examples, stats, out_dir, checkpoint_every, r
         loss = sum(step_losses) / max(sum(step_weights), 1.0)
         step_losses, step_weights = [], []
         rate = _to_float(model.optimizer.learning_rate)
-        history.append({"step": step, "loss": loss, "learning_rate": rate})
+        history.append({"step": step, "loss": loss, "learning_rate": rate, "seconds": train_seconds})
         if progress is not None:
             progress.update(step, [("loss", loss), ("tok/s", tokens_done / train_seconds), ("lr", rate)])
         if checkpoints is not None and (step % checkpoint_every == 0 or step == total_steps):
