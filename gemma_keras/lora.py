@@ -75,8 +75,11 @@ def _side_path_call(self, inputs, training=None):
     from keras import ops
 
     x = ops.einsum(self.equation, inputs, self._kernel)
-    low = ops.einsum(self.equation, inputs, self.lora_kernel_a)
-    x = ops.add(x, ops.matmul(low, self.lora_kernel_b) * (self.lora_alpha / self.lora_rank))
+    # The factors are float32 (as Keras makes them); so is their path, as in
+    # peft, and the update joins the layer's compute dtype at the end.
+    low = ops.einsum(self.equation, ops.cast(inputs, "float32"), self.lora_kernel_a)
+    update = ops.matmul(low, self.lora_kernel_b) * (self.lora_alpha / self.lora_rank)
+    x = ops.add(x, ops.cast(update, x.dtype))
     if self.bias is not None:
         x = ops.add(x, self.bias)
     if self.activation is not None:

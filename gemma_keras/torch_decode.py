@@ -74,13 +74,19 @@ class TorchDecoder:
                 )
             )
         self.final_cap = backbone.token_embedding.logit_soft_cap
+        # Everything made here must live where the weights are (a GPU, say).
+        self.device = backbone.token_embedding.embeddings.value.device
 
     def new_cache(self, batch: int, length: int, dtype) -> list:
         torch = self.torch
         kv, dim = self.backbone.num_key_value_heads, self.backbone.head_dim
         dtype = getattr(torch, dtype)
         shape = (batch, length, kv, dim)
-        return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in self.blocks]
+        device = self.device
+        return [
+            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in self.blocks
+        ]
 
     @staticmethod
     def _rms(x, norm):
@@ -111,12 +117,12 @@ class TorchDecoder:
         torch = self.torch
         with torch.inference_mode():
             logits, cache = self.forward(
-                torch.as_tensor(np.asarray(token_ids, dtype=np.int64)),
-                torch.as_tensor(np.asarray(padding_mask, dtype=np.int32)),
+                torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=self.device),
+                torch.as_tensor(np.asarray(padding_mask, dtype=np.int32), device=self.device),
                 cache,
                 int(index),
             )
-        return logits.numpy(), cache
+        return logits.float().cpu().numpy(), cache
 
     def _logits(self, x, embeddings):
         """`x @ embeddings.T`, split over the vocabulary into one block per thread.
@@ -141,11 +147,12 @@ class TorchDecoder:
         embeddings = backbone.token_embedding.embeddings.value
         b, t = token_ids.shape
         x = embeddings[token_ids.long()]
-        x = x * torch.tensor(math.sqrt(self.hidden), dtype=torch.float32).to(x.dtype)
+        device = x.device
+        x = x * torch.tensor(math.sqrt(self.hidden), dtype=torch.float32, device=device).to(x.dtype)
         end = index + t  # keys past the last written position are masked anyway
-        positions = torch.arange(index, end, dtype=torch.float32)
-        query_pos = torch.arange(index, end)
-        key_pos = torch.arange(end)
+        positions = torch.arange(index, end, dtype=torch.float32, device=device)
+        query_pos = torch.arange(index, end, device=device)
+        key_pos = torch.arange(end, device=device)
         visible = (padding_mask[:, None, :end] > 0) & (key_pos[None, None, :] <= query_pos[None, :, None])
         distance = query_pos[:, None] - key_pos[None, :]
         for spec, (key_cache, value_cache) in zip(self.blocks, cache, strict=True):
@@ -163,7 +170,7 @@ class TorchDecoder:
             key_cache[:, index:end] = k
             value_cache[:, index:end] = v
             keys, values = key_cache[:, :end], value_cache[:, :end]
-            q = q * torch.tensor(spec.scale, dtype=q.dtype)
+            q = q * torch.tensor(spec.scale, dtype=q.dtype, device=device)
             kv = keys.shape[2]
             q = q.reshape(b, t, kv, q.shape[2] // kv, q.shape[3])
             scores = torch.einsum("btkgh,bskh->bkgts", q, keys)
