@@ -406,7 +406,7 @@ def _train(lm, plan, examples, val_examples, stats, out_dir, checkpoint_every, r
         if checkpoints is not None and (step % checkpoint_every == 0 or step == total_steps):
             saved.append(str(checkpoints.save(model, plan, step, history)))
         if stop_after is not None and step >= stop_after:
-            break  # for tests and benchmarks: stop as if the run were killed here
+            break  # asked to stop early; resume=True continues on the same schedule
 
     val_loss = None
     if val_examples is not None:

@@ -75,3 +75,20 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def hf_greedy(model, ids: list[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """transformers' greedy continuation of `ids`: its `steps` tokens and the logits before each."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    logits = torch.stack(out.logits)[:, 0].float().numpy()
+    return [int(t) for t in out.sequences[0, len(ids) :]], logits

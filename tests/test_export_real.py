@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
+from tests.hf_reference import hf_greedy
 from tests.test_real_model import PROMPTS, TRICKY
 
 pytestmark = pytest.mark.real
@@ -65,18 +66,8 @@ def test_real_gguf_reads_in_transformers(real_model, prompt_ids, tmp_path):
     compared = 0
     for prompt, ids in zip(PROMPTS, prompt_ids, strict=False):
         assert tokenizer.encode(prompt) == ids
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([ids]),
-                max_new_tokens=STEPS,
-                min_new_tokens=STEPS,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-        logits = torch.stack(out.logits)[:, 0].float().numpy()
+        theirs, logits = hf_greedy(model, ids, STEPS)
         np.testing.assert_allclose(ours.logits(ids), logits[0], rtol=0, atol=1e-3)
-        theirs = [int(t) for t in out.sequences[0, len(ids) :]]
         top2 = np.sort(logits, axis=-1)[:, -2:]
         close = np.nonzero(top2[:, 1] - top2[:, 0] < MARGIN)[0]
         steps = int(close[0]) if len(close) else STEPS

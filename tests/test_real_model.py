@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
+from tests.hf_reference import hf_greedy
 
 pytestmark = pytest.mark.real
 
@@ -64,20 +65,11 @@ def reference(real_model):
     paths = {}
     for prompt in PROMPTS:
         ids = tokenizer.encode(prompt)
-        with torch.no_grad():
-            out = model.generate(
-                torch.tensor([ids]),
-                max_new_tokens=STEPS,
-                min_new_tokens=STEPS,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-        logits = torch.stack(out.logits)[:, 0].float().numpy()
+        tokens, logits = hf_greedy(model, ids, STEPS)
         top2 = np.sort(logits, axis=-1)[:, -2:]
         paths[prompt] = {
             "ids": ids,
-            "tokens": [int(t) for t in out.sequences[0, len(ids) :]],
+            "tokens": tokens,
             "logits": logits,
             "margins": top2[:, 1] - top2[:, 0],
         }
