@@ -158,12 +158,17 @@ def test_nothing_unpickles_user_files():
                 if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib") for n in names):
                     risky.append(f"{source.name}:{node.lineno}")
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                if node.func.attr == "load" and getattr(node.func.value, "id", "") in (
-                    "np",
-                    "numpy",
-                    "torch",
-                ):
+                module = getattr(node.func.value, "id", "")
+                # numpy's loader refuses object arrays (pickles) only with a
+                # literal allow_pickle=False; torch.load may unpickle at all times.
+                refuses_pickles = any(
+                    k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value is False
+                    for k in node.keywords
+                )
+                if node.func.attr == "load" and module == "torch":
                     risky.append(f"{source.name}:{node.lineno}")
-                if any(k.arg == "allow_pickle" for k in node.keywords):
+                if node.func.attr == "load" and module in ("np", "numpy") and not refuses_pickles:
+                    risky.append(f"{source.name}:{node.lineno}")
+                if any(k.arg == "allow_pickle" for k in node.keywords) and not refuses_pickles:
                     risky.append(f"{source.name}:{node.lineno}")
     assert risky == []

@@ -187,3 +187,14 @@ def test_bad_arguments_fail_before_any_change(fresh, kwargs, message):
     with pytest.raises(gk.GemmaKerasError, match=message):
         lm.finetune(RECORDS, **{**FAST, **kwargs})
     assert not lora_layers(lm.backbone)
+
+
+def test_adapter_files_never_unpickle(fresh, tmp_path):
+    """An .npz holding a pickled object array is refused, not loaded."""
+    import json
+
+    evil = tmp_path / "evil.npz"
+    header = np.frombuffer(json.dumps({"format": "gemma_keras.lora/1"}).encode(), np.uint8)
+    np.savez(evil, __header__=header, payload=np.array([object()], dtype=object))
+    with pytest.raises(FinetuneError, match="evil.npz.*corrupt"):
+        fresh().load_adapters(evil)
