@@ -4,7 +4,7 @@ Writes 30 made-up question/answer pairs to a JSONL file, asks the base model,
 fine-tunes with LoRA, asks again, then saves the adapters and merges them:
 
     python examples/finetune_lora.py --backend jax --out run/
-    python examples/finetune_lora.py --backend torch --epochs 8 --resume --out run/
+    python examples/finetune_lora.py --backend torch --epochs 10 --resume --out run/
 
 Without --model it uses the embedded Gemma 3 270M (the `model` extra). A
 killed run continues from its last checkpoint with --resume.
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--backend", default=None, help="jax, tensorflow or torch")
     parser.add_argument("--model", default=None, help="a .gguf file or preset (default: embedded 270M)")
     parser.add_argument("--out", default="finetune-run", help="checkpoints and adapters go here")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
 
@@ -57,7 +57,7 @@ def main() -> None:
         lora_alpha=16,
         epochs=args.epochs,
         batch_size=2,
-        learning_rate=1e-3,
+        learning_rate=2e-3,
         sequence_length=64,
         out_dir=out,
         resume=args.resume,
