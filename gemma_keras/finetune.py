@@ -238,9 +238,11 @@ def _batches(examples: list[Example], plan: Plan, pad_id: int, start_micro: int)
     n = len(examples)
     per_epoch = math.ceil(n / plan.batch_size)
     total_micro = plan.total_steps * plan.gradient_accumulation
+    order_epoch, order = None, None
     for micro in range(start_micro, total_micro):
         epoch, position = divmod(micro, per_epoch)
-        order = epoch_order(n, plan.seed, epoch)
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(n, plan.seed, epoch)
         rows = [examples[i] for i in order[position * plan.batch_size : (position + 1) * plan.batch_size]]
         real = len(rows)
         rows += [rows[0]] * (plan.batch_size - real)
@@ -408,11 +410,12 @@ def _train(lm, plan, examples, val_examples, stats, out_dir, checkpoint_every, r
         if stop_after is not None and step >= stop_after:
             break  # asked to stop early; resume=True continues on the same schedule
 
-    val_loss = None
+    val_loss = val_perplexity = None
     if val_examples is not None:
         val_loss = evaluate(model, val_examples, plan.batch_size, plan.sequence_length, pad_id)
+        val_perplexity = math.exp(min(val_loss, 50))
         if verbose:
-            print(f"validation loss {val_loss:.4f}, perplexity {math.exp(min(val_loss, 50)):.3f}")
+            print(f"validation loss {val_loss:.4f}, perplexity {val_perplexity:.3f}")
     if out_dir is not None and step == total_steps:
         lora.save_adapters(backbone, Path(out_dir) / "adapters.npz")
     per_epoch = math.ceil(len(examples) / plan.batch_size)
@@ -422,7 +425,7 @@ def _train(lm, plan, examples, val_examples, stats, out_dir, checkpoint_every, r
         history=history,
         train_loss=float(np.mean(recent)) if recent else float("nan"),
         val_loss=val_loss,
-        val_perplexity=math.exp(min(val_loss, 50)) if val_loss is not None else None,
+        val_perplexity=val_perplexity,
         tokens_per_second=tokens_done / train_seconds if train_seconds else 0.0,
         data=stats,
         out_dir=str(out_dir) if out_dir is not None else None,

@@ -34,9 +34,11 @@ from typing import Any
 import numpy as np
 
 from gemma_keras.chat import END, START, normalize_messages
+from gemma_keras.engine import bucket
 from gemma_keras.errors import DataError, GenerationArgumentError
 
 MIN_BATCH_LENGTH = 32
+MIN_SCORED_POSITIONS = 8
 
 
 @dataclass
@@ -205,14 +207,6 @@ def tokenize_records(
     return examples, stats
 
 
-def batch_length(longest: int, cap: int, minimum: int = MIN_BATCH_LENGTH) -> int:
-    """A power of two >= `longest` (at least `minimum`), capped at `cap`."""
-    size = minimum
-    while size < longest:
-        size *= 2
-    return min(size, cap)
-
-
 def make_batch(
     examples: list[Example], sequence_length: int, pad_id: int = 0
 ) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -225,7 +219,7 @@ def make_batch(
     tokens is most of the model's work. `y` is the next token at each
     scored position and `sample_weight` is 0 where a row has fewer.
     """
-    length = batch_length(max(len(e.ids) - 1 for e in examples), sequence_length)
+    length = min(bucket(max(len(e.ids) - 1 for e in examples), MIN_BATCH_LENGTH), sequence_length)
     n = len(examples)
     ids = np.full((n, length + 1), pad_id, np.int32)
     mask = np.zeros((n, length), bool)
@@ -235,7 +229,7 @@ def make_batch(
         ids[row, :k] = example.ids
         mask[row, : k - 1] = True
         trained.append(np.flatnonzero(example.loss_mask[1:]))
-    width = batch_length(max(len(t) for t in trained), length, minimum=8)
+    width = min(bucket(max(len(t) for t in trained), MIN_SCORED_POSITIONS), length)
     positions = np.zeros((n, width), np.int32)
     weight = np.zeros((n, width), np.float32)
     for row, where in enumerate(trained):
