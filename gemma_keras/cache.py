@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gemma_keras.errors import CacheError
 
@@ -83,12 +83,12 @@ def write_manifest(entry: Path, info: dict[str, Any]) -> None:
     atomic_write_text(entry / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
+def atomic_write(path: Path, write: Callable[[IO], object], binary: bool = False) -> None:
+    """Calls `write(file)` on a temporary sibling of `path`, fsyncs it, then renames it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -96,6 +96,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_keras.cache import atomic_write
 from gemma_keras.errors import FinetuneError
 
 # Friendly names -> KerasHub layer names (the same in Gemma 1, 2 and 3).
@@ -217,18 +218,9 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], header: dict) -> None:
     """Writes an `.npz` atomically: a temporary sibling, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = dict(arrays)
     payload["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **payload), binary=True)
 
 
 def read_npz(path: Path, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
