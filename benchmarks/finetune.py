@@ -72,11 +72,11 @@ def run_hf(args) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from gemma_keras.sources import _embedded_gguf
-    from gemma_keras.tokenizer import GemmaTokenizer
+    from gemma_keras.formats.sentencepiece import GemmaTokenizer
+    from gemma_keras.sources.embedded import embedded_gguf
 
-    path, _ = _embedded_gguf(None)
-    from gemma_keras.gguf_import import read_gguf
+    path, _ = embedded_gguf(None)
+    from gemma_keras.formats.gguf_reader import read_gguf
 
     tokenizer = GemmaTokenizer(read_gguf(path).tokenizer_proto())
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)

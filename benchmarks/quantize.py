@@ -49,10 +49,9 @@ def perplexity(lm, text: str) -> float:
 
 
 def measure(lm) -> dict:
-    import gemma_keras as gk
+    from gemma_keras.generation.decode import generate_ids
 
-    params = gk.SamplingParams()
-    paths = [lm._generate_ids([p], NEW, params, (), True)[0] for p in PROMPTS]
+    paths = [generate_ids(lm.runner, [lm.tokenizer.encode(p)], NEW)[0] for p in PROMPTS]
     start = time.perf_counter()
     lm.generate(PROMPTS[0], max_new_tokens=NEW, stop_token_ids=())
     seconds = time.perf_counter() - start

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from gemma_keras.backend import available_backends, current_backend, use_backend
+from gemma_keras.backend.devices import available_backends
+from gemma_keras.backend.selection import current_backend, use_backend
 from gemma_keras.errors import (
     BackendError,
     CacheError,
@@ -29,6 +30,7 @@ from gemma_keras.errors import (
     GGUFError,
     HubUnavailableError,
     ModelNotFoundError,
+    NotInstructionTunedWarning,
     SourceError,
     UnsupportedModelError,
 )
@@ -41,13 +43,16 @@ __all__ = [
     "DataError",
     "DistributionError",
     "ExportError",
+    "FinetuneConfig",
     "FinetuneError",
+    "FinetuneResult",
     "Gemma",
     "GemmaKerasError",
     "GenerationArgumentError",
     "GGUFError",
     "HubUnavailableError",
     "ModelNotFoundError",
+    "NotInstructionTunedWarning",
     "SamplingParams",
     "SourceError",
     "UnsupportedModelError",
@@ -61,13 +66,23 @@ __all__ = [
 
 if TYPE_CHECKING:
     from gemma_keras import distribution
+    from gemma_keras.generation.sampling import SamplingParams
     from gemma_keras.model import Gemma
-    from gemma_keras.sampling import SamplingParams
+    from gemma_keras.training.config import FinetuneConfig
+    from gemma_keras.training.loop import FinetuneResult
+
+# Public names that live in modules importing keras or numpy-heavy code: loaded on first use.
+_LAZY = {
+    "Gemma": "gemma_keras.model",
+    "SamplingParams": "gemma_keras.generation.sampling",
+    "FinetuneConfig": "gemma_keras.training.config",
+    "FinetuneResult": "gemma_keras.training.loop",
+}
 
 
 def load(source: Any = None, **kwargs: Any) -> Gemma:
-    """Loads a Gemma model; see `gemma_keras.sources.load` for the arguments."""
-    from gemma_keras.sources import load as _load
+    """Loads a Gemma model; see `gemma_keras.sources.resolve.load` for the arguments."""
+    from gemma_keras.sources.resolve import load as _load
 
     return _load(source, **kwargs)
 
@@ -80,7 +95,7 @@ def distribute(
 ):
     """Shards models loaded from now on over devices (JAX only); `distribute(None)` stops.
 
-    See `gemma_keras.distribution.distribute` for the arguments.
+    See `gemma_keras.distribution.mesh.distribute` for the arguments.
 
     Example:
 
@@ -88,23 +103,17 @@ def distribute(
     >>> gk.distribute(data_parallel=2, model_parallel=4)  # doctest: +SKIP
     >>> lm = gk.load()  # doctest: +SKIP
     """
-    from gemma_keras.distribution import distribute as _distribute
+    from gemma_keras.distribution.mesh import distribute as _distribute
 
     return _distribute(data_parallel, model_parallel, devices=devices)
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import gemma_keras` stays free of keras and numpy-heavy code.
-    if name == "Gemma":
-        from gemma_keras.model import Gemma
+    import importlib
 
-        return Gemma
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     if name == "distribution":
-        import importlib
-
         return importlib.import_module("gemma_keras.distribution")
-    if name == "SamplingParams":
-        from gemma_keras.sampling import SamplingParams
-
-        return SamplingParams
     raise AttributeError(f"module 'gemma_keras' has no attribute {name!r}")

@@ -63,3 +63,7 @@ class ExportError(GemmaKerasError):
     Nothing is ever left at the destination when this is raised: exports are
     written beside it and renamed into place only once complete.
     """
+
+
+class NotInstructionTunedWarning(UserWarning):
+    """`chat()` runs on a pretrained model, which continues text rather than answering."""

@@ -1,7 +1,9 @@
-"""`Gemma`: a loaded Gemma model with a tokenizer and a decode engine.
+"""`Gemma`: a loaded model: a KerasHub causal LM, its tokenizer, its architecture record and a runner.
 
-It wraps KerasHub's `GemmaCausalLM` / `Gemma3CausalLM` and owns no
-transformer math. Get one with `gemma_keras.load()`.
+`Gemma` turns text into token ids and back and hands the ids to the parts
+that do the work: the decode loop (`generation.decode`), fine-tuning
+(`training.finetune`) and the writers (`formats.export`). It owns no
+transformer math and no token loop. Get one with `gemma_keras.load()`.
 
 Example:
 
@@ -14,32 +16,34 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from gemma_keras.errors import GenerationArgumentError
-from gemma_keras.sampling import SamplingParams, next_tokens
-from gemma_keras.streaming import TextCollector, check_stop_strings
-from gemma_keras.tokenizer import GemmaTokenizer
+from gemma_keras.architectures.registry import by_name
+from gemma_keras.errors import (
+    FinetuneError,
+    GenerationArgumentError,
+    NotInstructionTunedWarning,
+    UnsupportedModelError,
+)
+from gemma_keras.formats.export import export as export_model
+from gemma_keras.formats.keras_preset import rebuild
+from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.sentencepiece import GemmaTokenizer
+from gemma_keras.generation.chat import Chat
+from gemma_keras.generation.decode import Request, decode, next_token_logits
+from gemma_keras.generation.runner import Runner, make_runner
+from gemma_keras.generation.sampling import SamplingParams
+from gemma_keras.generation.streaming import check_stop_strings
+from gemma_keras.training import lora
+from gemma_keras.training.config import FinetuneConfig
+from gemma_keras.training.loop import FinetuneResult, finetune
 
-if TYPE_CHECKING:
-    from gemma_keras.chat import Chat
-    from gemma_keras.finetune import FinetuneResult
-
-
-@dataclass
-class ModelInfo:
-    """Where a model came from and what it is."""
-
-    architecture: str
-    source: str
-    context_length: int
-    dtype: str
-    backend: str
+QUANTIZE_MODES = ("int8",)
 
 
 class Gemma:
@@ -49,25 +53,38 @@ class Gemma:
         causal_lm: a KerasHub Gemma causal LM.
         tokenizer: the matching `GemmaTokenizer`.
         info: a `ModelInfo`.
+
+    Attributes:
+        causal_lm, backbone: the KerasHub model.
+        tokenizer: text to ids and back.
+        info: where the model came from and what it is.
+        architecture: the `Architecture` record.
+        runner: what runs the model's forward passes (`generation.runner`).
     """
 
     def __init__(self, causal_lm, tokenizer: GemmaTokenizer, info: ModelInfo):
-        from gemma_keras.engine import DecodeEngine
-
         self.causal_lm = causal_lm
-        self.backbone = causal_lm.backbone
         self.tokenizer = tokenizer
         self.info = info
-        self.engine = DecodeEngine(causal_lm)
-        end_of_turn = tokenizer.token_to_id("<end_of_turn>")
-        self.default_stop_ids = tuple(i for i in (tokenizer.eos_id, end_of_turn) if i is not None and i >= 0)
+        self.architecture = by_name(info.architecture)
+        self.default_stop_ids = self.architecture.stop_token_ids(tokenizer)
+        self.runner: Runner = make_runner(causal_lm, self.architecture)
+
+    @property
+    def backbone(self):
+        return self.causal_lm.backbone
 
     def __repr__(self) -> str:
         i = self.info
+        quantized = f", quantization={i.quantization!r}" if i.quantization else ""
         return (
             f"Gemma(architecture={i.architecture!r}, source={i.source!r}, "
-            f"backend={i.backend!r}, dtype={i.dtype!r})"
+            f"backend={i.backend!r}, dtype={i.dtype!r}{quantized})"
         )
+
+    def _new_runner(self) -> None:
+        # A runner holds the variable list it was built for; changed layers need a new one.
+        self.runner = make_runner(self.causal_lm, self.architecture)
 
     # --- generation -----------------------------------------------------------
     def generate(
@@ -91,7 +108,9 @@ class Gemma:
         Greedy unless `temperature > 0`. A row ends at any of
         `stop_token_ids` (default: `<eos>` and `<end_of_turn>`; pass `()` to
         never stop early) or `stop` strings, found across token boundaries.
-        Neither the stop token nor the stop string is returned.
+        Neither the stop token nor the stop string is returned. With a seed,
+        prompt `i` of a list samples as it would alone with `seed` and
+        stream `i`, so rows of one call differ and results repeat.
 
         Returns:
             A string for a string prompt, a list of strings for a list.
@@ -103,10 +122,10 @@ class Gemma:
         single = isinstance(prompt, str)
         prompts = [prompt] if single else self._check_prompts(prompt)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-        collectors = self._collectors(len(prompts), stop)
-        for _ in self._run(prompts, max_new_tokens, params, stop_token_ids, add_bos, collectors):
-            pass
-        texts = [c.text for c in collectors]
+        requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos)
+        texts = [""] * len(prompts)
+        for event in self._decode(requests):
+            texts[event.row] += event.text
         if include_prompt:
             texts = [p + t for p, t in zip(prompts, texts, strict=True)]
         return texts[0] if single else texts
@@ -140,31 +159,54 @@ class Gemma:
         if not isinstance(prompt, str):
             raise GenerationArgumentError(f"stream takes one prompt string, got {type(prompt).__name__}.")
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-        collectors = self._collectors(1, stop)
-        return self._stream(prompt, max_new_tokens, params, stop_token_ids, add_bos, collectors)
-
-    def _stream(self, prompt, max_new_tokens, params, stop_token_ids, add_bos, collectors) -> Iterator[str]:
-        for _, piece in self._run([prompt], max_new_tokens, params, stop_token_ids, add_bos, collectors):
-            if piece:
-                yield piece
+        requests = self._requests([prompt], max_new_tokens, params, stop_token_ids, stop, add_bos)
+        return (event.text for event in self._decode(requests) if event.text)
 
     def chat(self, system: str | None = None, **generate_kwargs: Any) -> Chat:
-        """Starts a multi-turn conversation in Gemma's chat format.
+        """Starts a multi-turn conversation in the model's chat format.
+
+        Warns (`NotInstructionTunedWarning`) when the model is known to be
+        pretrained only: such a model continues or echoes the conversation
+        rather than answering it.
 
         Example:
 
         >>> chat = lm.chat(system="Answer briefly.")  # doctest: +SKIP
         >>> chat.send("Hi")  # doctest: +SKIP
         """
-        from gemma_keras.chat import Chat
+        chat = Chat(self.stream, self.architecture.chat_format, system=system, **generate_kwargs)
+        if self.info.instruction_tuned is False:
+            warnings.warn(NotInstructionTunedWarning(not_instruction_tuned_message(self.info)), stacklevel=2)
+        return chat
 
-        return Chat(self, system=system, **generate_kwargs)
+    def _decode(self, requests: list[Request]):
+        return decode(
+            self.runner,
+            requests,
+            pad_id=self.tokenizer.pad_id,
+            detokenize=self.tokenizer.decode,
+            context_length=self.info.context_length,
+        )
 
-    def _collectors(self, n: int, stop) -> list[TextCollector]:
+    def _requests(self, prompts, max_new_tokens, params, stop_token_ids, stop, add_bos) -> list[Request]:
         stops = check_stop_strings(stop)
-        return [TextCollector(self.tokenizer.decode, stops) for _ in range(n)]
+        stop_ids = self._stop_ids(stop_token_ids)
+        requests = []
+        for i, text in enumerate(prompts):
+            where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            if not text:
+                raise GenerationArgumentError(
+                    f"{where} is empty; give at least one character of text to continue."
+                )
+            requests.append(
+                Request(
+                    self.tokenizer.encode(text, add_bos=add_bos), max_new_tokens, params, stop_ids, stops, i
+                )
+            )
+        return requests
 
-    def _check_prompts(self, prompts) -> list[str]:
+    @staticmethod
+    def _check_prompts(prompts) -> list[str]:
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise GenerationArgumentError(
                 f"prompt must be a non-empty string or a non-empty list of strings, got {prompts!r}."
@@ -174,222 +216,68 @@ class Gemma:
                 raise GenerationArgumentError(f"prompt[{i}] must be a string, got {type(p).__name__}.")
         return list(prompts)
 
-    def _encode_prompts(self, prompts: list[str], add_bos: bool) -> list[list[int]]:
-        encoded = []
-        for i, text in enumerate(prompts):
-            if not isinstance(text, str) or not text:
-                where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
-                raise GenerationArgumentError(
-                    f"{where} is empty; give at least one character of text to continue."
-                )
-            ids = self.tokenizer.encode(text, add_bos=add_bos)
-            if not ids:
-                raise GenerationArgumentError(f"prompt[{i}] encodes to no tokens.")
-            encoded.append(ids)
-        return encoded
-
-    def _check_length(self, name: str, value) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise GenerationArgumentError(f"{name} must be a positive integer, got {value!r}.")
-        return int(value)
-
-    def _stop_ids(self, stop_token_ids) -> set[int]:
+    def _stop_ids(self, stop_token_ids) -> frozenset[int]:
         if stop_token_ids is None:
-            return set(self.default_stop_ids)
+            return frozenset(self.default_stop_ids)
         if isinstance(stop_token_ids, (int, str)) or not all(
             isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in stop_token_ids
         ):
             raise GenerationArgumentError(
                 f"stop_token_ids must be a list of integer token ids, got {stop_token_ids!r}."
             )
-        bad = [i for i in stop_token_ids if not 0 <= i < self.tokenizer.vocabulary_size]
-        if bad:
-            raise GenerationArgumentError(
-                f"stop_token_ids {bad} are outside the vocabulary (0..{self.tokenizer.vocabulary_size - 1})."
-            )
-        return {int(i) for i in stop_token_ids}
-
-    def _generate_ids(self, prompts, max_new_tokens, params, stop_token_ids, add_bos) -> list[list[int]]:
-        """Generated token ids per row, stop tokens excluded (no stop strings)."""
-        collectors = [TextCollector(lambda ids: "", ()) for _ in prompts]
-        for _ in self._run(prompts, max_new_tokens, params, stop_token_ids, add_bos, collectors):
-            pass
-        return [c.ids for c in collectors]
-
-    def _run(
-        self, prompts, max_new_tokens, params: SamplingParams, stop_token_ids, add_bos, collectors
-    ) -> Iterator[tuple[int, str]]:
-        """The decode loop: yields `(row, new final text)` after each token."""
-        max_new_tokens = self._check_length("max_new_tokens", max_new_tokens)
-        stops = self._stop_ids(stop_token_ids)
-        encoded = self._encode_prompts(prompts, add_bos)
-        longest = max(len(e) for e in encoded)
-        if longest + max_new_tokens > self.info.context_length:
-            raise GenerationArgumentError(
-                f"The prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) "
-                f"exceeds the model's context of {self.info.context_length} tokens."
-            )
-        rng = np.random.default_rng(params.seed)
-        seen = None
-        if params.repetition_penalty is not None:
-            seen = np.zeros((len(encoded), self.tokenizer.vocabulary_size), dtype=bool)
-            for row, ids in enumerate(encoded):
-                seen[row, ids] = True
-        state = self.engine.start(encoded, max_new_tokens)
-        done = np.zeros(len(encoded), dtype=bool)
-        for chosen in self._picks(state, params, rng, seen, done, max_new_tokens):
-            for row, token in enumerate(chosen.tolist()):
-                if done[row]:
-                    continue
-                if token in stops:
-                    done[row] = True
-                    continue
-                if seen is not None:
-                    seen[row, token] = True
-                piece = collectors[row].feed(token)
-                done[row] = collectors[row].stopped
-                yield row, piece
-        for row, collector in enumerate(collectors):
-            yield row, collector.finish()
-
-    def _picks(self, state, params, rng, seen, done, max_new_tokens) -> Iterator[np.ndarray]:
-        """Yields the next token of every row, until `max_new_tokens` or all rows are done.
-
-        The consumer updates `done` (and `seen`) between yields. Greedy decoding
-        without a repetition penalty runs in compiled chunks where the engine
-        offers them; everything else samples on the host, one step at a time.
-        """
-        from gemma_keras.engine import CHUNK
-
-        chunked = params.greedy and seen is None and state.can_chunk
-        chosen = next_tokens(state.logits, params, rng, seen)
-        remaining = max_new_tokens
-        while True:
-            yield chosen
-            remaining -= 1
-            if remaining == 0 or done.all():
-                return
-            feed = np.where(done, self.tokenizer.pad_id, chosen)
-            if not chunked:
-                chosen = next_tokens(state.step(feed), params, rng, seen)
-                continue
-            picks = state.greedy_chunk(feed)
-            for j in range(CHUNK - 1):
-                yield picks[:, j]
-                remaining -= 1
-                if remaining == 0 or done.all():
-                    return
-            chosen = picks[:, -1]
+        return frozenset(int(i) for i in stop_token_ids)
 
     # --- fine-tuning --------------------------------------------------------------
-    def finetune(
-        self,
-        data: Any,
-        *,
-        lora_rank: int = 8,
-        lora_alpha: float | None = None,
-        targets: str | Sequence[str] | None = None,
-        epochs: int = 1,
-        max_steps: int | None = None,
-        batch_size: int = 4,
-        gradient_accumulation: int = 1,
-        learning_rate: float = 2e-4,
-        warmup_steps: int | None = None,
-        decay: str = "cosine",
-        weight_decay: float = 0.0,
-        sequence_length: int = 512,
-        validation_data: Any = None,
-        mask_prompt: bool = True,
-        on_error: str = "raise",
-        pack: bool = False,
-        seed: int = 0,
-        out_dir: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None,
-        resume: bool = False,
-        verbose: bool = True,
-        stop_after: int | None = None,
-    ) -> FinetuneResult:
+    def finetune(self, data: Any, config: FinetuneConfig | None = None, **settings: Any) -> FinetuneResult:
         """LoRA supervised fine-tuning, in place, on any backend.
 
         Args:
             data: a JSONL path, a list of dicts, or a `datasets.Dataset`, with
                 records `{"text"}`, `{"prompt", "response"}` or `{"messages"}`.
-            lora_rank, lora_alpha: LoRA rank and scale (`alpha / rank`);
-                alpha defaults to the rank.
-            targets: layers to adapt: any of "query", "key", "value",
-                "output", "gate", "up", "down", or the groups "attention",
-                "ffw", "all" (the default).
-            epochs, max_steps: how long to train; `max_steps` (optimizer
-                updates) wins when given.
-            batch_size, gradient_accumulation: rows per micro-batch and
-                micro-batches per update.
-            learning_rate, warmup_steps, decay, weight_decay: AdamW with
-                linear warm-up (5% of the updates by default), then
-                "cosine", "linear" or "constant".
-            sequence_length: longest input; longer records are truncated.
-            validation_data: like `data`; its loss and perplexity are
-                reported at the end.
-            mask_prompt: train only on the model's turns (default), or on
-                every token.
-            on_error: "raise" on a malformed record, or "skip" and count it.
-            pack: not offered (see `docs/finetuning.md`); True raises.
-            seed: data order and LoRA initialization.
-            out_dir: where checkpoints and the final `adapters.npz` go.
-            checkpoint_every: updates between checkpoints (default: a tenth of
-                the run, at most 100).
-            resume: continue from the last checkpoint in `out_dir`.
-            verbose: show a progress bar with loss and tokens/s.
-            stop_after: stop after this many updates, keeping the schedule of
-                the whole run, so a run can be split and resumed.
+            config: a `FinetuneConfig`; default: `FinetuneConfig()`.
+            **settings: `FinetuneConfig` fields that override `config`
+                (`lora_rank=8, epochs=3, out_dir="run/"`, ...).
+
+        Bad settings raise `FinetuneError` before the model changes.
 
         Example:
 
         >>> lm.finetune([{"prompt": "Who made Zorblax?", "response": "Quenta Vell."}],
         ...             lora_rank=8, epochs=20, verbose=False)  # doctest: +SKIP
         """
-        arguments = {name: value for name, value in locals().items() if name != "self"}
-        from gemma_keras.finetune import finetune
-
-        return finetune(self, **arguments)
+        config = (
+            (config or FinetuneConfig()).replace(**settings) if settings else (config or FinetuneConfig())
+        )
+        if not isinstance(config, FinetuneConfig):
+            raise FinetuneError(f"config must be a FinetuneConfig, got {type(config).__name__}.")
+        try:
+            return finetune(self.backbone, self.tokenizer, data, config, self.architecture.chat_format)
+        finally:
+            self._new_runner()  # LoRA layers changed the variables, however training ended
 
     def save_adapters(self, path: str | os.PathLike) -> Path:
         """Writes the LoRA factors alone to `path` (`.npz`), atomically."""
-        from gemma_keras.lora import save_adapters
-
-        return save_adapters(self.backbone, path)
+        return lora.save_adapters(self.backbone, path)
 
     def load_adapters(self, path: str | os.PathLike) -> Gemma:
         """Adds the LoRA adapters saved in `path` to this model. Returns `self`."""
-        from gemma_keras.lora import load_adapters
-
-        load_adapters(self.backbone, path)
-        self._rebuild_engine()
+        lora.load_adapters(self.backbone, path)
+        self._new_runner()
         return self
 
     def merge_adapters(self) -> Gemma:
         """Folds the LoRA factors into the base weights and drops them.
 
         The merged model generates like the adapted one, runs at full speed
-        (the torch fast path included), and `save`/`export` write it as a
+        (the plain-torch runner included), and `save`/`export` write it as a
         plain model. Returns `self`.
         """
-        from gemma_keras.errors import FinetuneError
-        from gemma_keras.export import rebuild
-        from gemma_keras.lora import lora_settings
-
-        if lora_settings(self.backbone) is None:
+        if lora.lora_settings(self.backbone) is None:
             raise FinetuneError("this model has no LoRA adapters to merge.")
         # The rebuilt copy has no LoRA layers; its kernels are the merged ones.
         self.causal_lm = rebuild(self.causal_lm)
-        self.backbone = self.causal_lm.backbone
-        self._rebuild_engine()
+        self._new_runner()
         return self
-
-    def _rebuild_engine(self) -> None:
-        # Compiled functions hold the variable list; new or changed layers need new ones.
-        from gemma_keras.engine import DecodeEngine
-
-        self.engine = DecodeEngine(self.causal_lm)
 
     # --- quantization -----------------------------------------------------------
     def quantize(self, mode: str = "int8") -> Gemma:
@@ -399,12 +287,10 @@ class Gemma:
         scales and quantizes each layer's inputs to int8 on the fly.
         Returns `self`, so `gk.load().quantize("int8")` reads naturally.
         """
-        from gemma_keras.errors import UnsupportedModelError
-
-        if mode != "int8":
+        if mode not in QUANTIZE_MODES:
             raise GenerationArgumentError(f"quantize mode must be 'int8', got {mode!r}.")
-        if self.info.dtype.endswith("+int8"):
-            raise UnsupportedModelError("The model is already quantized to int8.")
+        if self.info.quantization is not None:
+            raise UnsupportedModelError(f"The model is already quantized ({self.info.quantization}).")
         try:
             self.backbone.quantize(mode)
         except Exception as exc:  # Keras raises a variety here; say which backend
@@ -412,8 +298,8 @@ class Gemma:
                 f"Keras cannot quantize this model to {mode} on the {self.info.backend} backend: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        self._rebuild_engine()
-        self.info.dtype = f"{self.info.dtype}+int8"
+        self._new_runner()
+        self.info.quantization = mode
         return self
 
     # --- lower-level access -----------------------------------------------------
@@ -421,8 +307,7 @@ class Gemma:
         """Next-token logits after `token_ids` (one sequence), as float32 numpy."""
         if len(token_ids) == 0:
             raise GenerationArgumentError("token_ids is empty; pass at least one token id.")
-        state = self.engine.start([list(token_ids)], 1)
-        return state.logits[0]
+        return next_token_logits(self.runner, token_ids)
 
     def score(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits for every position of one sequence, shape `(len, vocab)`."""
@@ -449,9 +334,9 @@ class Gemma:
 
         >>> lm.save("my-gemma")  # doctest: +SKIP
         """
-        from gemma_keras.export import export
-
-        return export(self, path, format="keras", overwrite=overwrite)
+        return export_model(
+            self.causal_lm, self.tokenizer, self.info, path, format="keras", overwrite=overwrite
+        )
 
     def export(
         self,
@@ -473,6 +358,13 @@ class Gemma:
         >>> lm.export("gemma.gguf", dtype="q8_0")  # doctest: +SKIP
         >>> lm.export("gemma-hf", format="safetensors")  # doctest: +SKIP
         """
-        from gemma_keras.export import export
+        return export_model(self.causal_lm, self.tokenizer, self.info, dest, format, dtype, overwrite)
 
-        return export(self, dest, format=format, dtype=dtype, overwrite=overwrite)
+
+def not_instruction_tuned_message(info: ModelInfo) -> str:
+    return (
+        f"{info.source} is a pretrained model, not an instruction-tuned one: in a chat it continues "
+        "or echoes the conversation instead of answering. Chat with an instruction-tuned model "
+        "(a KerasHub *_instruct_* preset, or a Gemma *-it GGUF or checkpoint), or fine-tune this "
+        "one on conversations first (lm.finetune)."
+    )

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gemma_keras.architectures.registry import by_gguf_arch
+from gemma_keras.formats.gguf_reader import expected_tensor_shapes
+from gemma_keras.formats.gguf_writer import add_hyperparameters, add_vocabulary
+
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "[multimodal]"]
 TURN_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
 IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<img>"]
@@ -122,24 +126,25 @@ def write_tiny_gguf(
     qtype: str = "F32",
     seed: int = 0,
     vocab: tuple[list[str], list[int]] | None = None,
+    name: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes a tiny random Gemma GGUF; returns the float32 tensors a reader sees.
 
     2-D weights whose row length suits `qtype` are stored in it; the rest
-    (norms, short rows) stay F32, as llama.cpp's quantizer does.
+    (norms, short rows) stay F32, as llama.cpp's quantizer does. `name` is
+    `general.name` (an "-it" in it marks an instruction-tuned model).
     """
     import gguf
 
-    from gemma_keras.gguf_export import add_hyperparameters, add_vocabulary
-
     cfg = config or TinyConfig()
+    arch = by_gguf_arch(architecture)
     rng = np.random.default_rng(seed)
     tokens, types = vocab or tiny_vocab()
     writer = gguf.GGUFWriter(os.fspath(path), architecture)
-    writer.add_name(f"tiny-{architecture}")
+    writer.add_name(name or f"tiny-{architecture}")
     add_hyperparameters(
         writer,
-        architecture,
+        arch,
         context=cfg.context,
         hidden=cfg.hidden,
         layers=cfg.num_layers,
@@ -148,14 +153,12 @@ def write_tiny_gguf(
         kv_heads=cfg.kv_heads,
         head_dim=cfg.head_dim,
         eps=1e-6,
-        sliding_window=cfg.sliding_window if architecture != "gemma" else None,
+        sliding_window=cfg.sliding_window,
         attn_softcap=50.0 if architecture == "gemma2" else None,
         final_softcap=30.0 if architecture == "gemma2" else None,
     )
     scores = [-1000.0 if t != 1 else 0.0 for t in types]
     add_vocabulary(writer, tokens, scores, types, {"bos_id": 2, "eos_id": 1, "unk_id": 3, "pad_id": 0})
-
-    from gemma_keras.gguf_import import expected_tensor_shapes
 
     config = {
         "vocabulary_size": len(tokens),
@@ -165,7 +168,7 @@ def write_tiny_gguf(
         "hidden_dim": cfg.hidden,
         "head_dim": cfg.head_dim,
     }
-    shapes = expected_tensor_shapes(architecture, config, cfg.ffn)
+    shapes = expected_tensor_shapes(arch, config, cfg.ffn)
     expected: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         if len(shape) == 1:  # llama.cpp stores RMSNorm weights as 1 + w

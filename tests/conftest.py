@@ -83,3 +83,19 @@ def real_model():
 
 def cache_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def generate_ids(lm, prompts, max_new_tokens, sampling=None, stop_ids=(), add_bos=True) -> list[list[int]]:
+    """Generated token ids of each prompt (stop tokens excluded), through the public decode loop."""
+    from gemma_keras.generation.decode import generate_ids as decode_ids
+
+    encoded = [lm.tokenizer.encode(p, add_bos=add_bos) for p in prompts]
+    return decode_ids(
+        lm.runner,
+        encoded,
+        max_new_tokens,
+        sampling,
+        stop_ids,
+        pad_id=lm.tokenizer.pad_id,
+        context_length=lm.info.context_length,
+    )

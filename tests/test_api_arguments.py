@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gemma_keras as gk
-from gemma_keras.chat import render_messages
+from gemma_keras.architectures.chat_format import render_messages
 
 
 def _cases(lm, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 import gemma_keras as gk
 from gemma_keras import backend
+from gemma_keras.backend import selection
 from tests.conftest import BACKEND
 
 
@@ -47,6 +48,29 @@ def test_keras_config_file_is_used(tmp_path):
     assert "('torch', 'keras config file')" in out
 
 
+def test_the_config_file_keras_writes_for_itself_does_not_count(tmp_path):
+    """Keras writes keras.json naming tensorflow on its first import; that is not the user's choice."""
+    env = {"KERAS_HOME": str(tmp_path)}
+    first = _resolve_in_fresh_python(env, "gk.backend.ensure_backend()")
+    config = tmp_path / "keras.json"
+    assert config.read_text().strip() == selection.KERAS_OWN_CONFIG  # Keras wrote it, as it does
+    expected = "jax" if backend.is_installed("jax") else "torch"
+    assert f"('{expected}', 'keras already imported')" in first
+    again = _resolve_in_fresh_python(env)
+    assert f"('{expected}', 'first installed backend')" in again
+
+
+def test_a_config_file_the_user_edited_counts(tmp_path):
+    # The same keys Keras writes, but not Keras' own text: someone chose this backend.
+    (tmp_path / "keras.json").write_text(
+        json.dumps(
+            {"floatx": "float32", "epsilon": 1e-07, "backend": "torch", "image_data_format": "channels_last"}
+        )
+    )
+    out = _resolve_in_fresh_python({"KERAS_HOME": str(tmp_path)})
+    assert "('torch', 'keras config file')" in out
+
+
 def test_first_installed_backend_is_the_fallback(tmp_path):
     out = _resolve_in_fresh_python({"KERAS_HOME": str(tmp_path)})
     expected = "jax" if backend.is_installed("jax") else "torch"
@@ -65,11 +89,13 @@ def test_aliases_are_accepted():
 
 
 def test_backend_not_installed_names_the_pip_command(monkeypatch):
-    real = backend.importlib.util.find_spec
+    real = selection.importlib.util.find_spec
     monkeypatch.setattr(
-        backend.importlib.util, "find_spec", lambda mod, *a: None if mod == "jax" else real(mod, *a)
+        selection.importlib.util, "find_spec", lambda mod, *a: None if mod == "jax" else real(mod, *a)
     )
-    with pytest.raises(gk.BackendError, match=r"not installed.*pip install 'gemma-keras\[jax\]'"):
+    with pytest.raises(
+        gk.BackendError, match=r"not installed.*pip install '\.\[jax\]' in the gemma_keras clone"
+    ):
         gk.use_backend("jax")
 
 

@@ -88,7 +88,7 @@ def test_hub_without_network_fails_at_once(source, hub, isolated_cache):
 
 
 def test_unreachable_hub_is_reported_without_hanging(monkeypatch):
-    from gemma_keras import sources
+    from gemma_keras.sources import hub as sources
 
     monkeypatch.delenv("GEMMA_KERAS_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -155,7 +155,7 @@ def test_preset_smuggling_a_lambda_is_refused(tiny_gguf, tmp_path, isolated_cach
     import json
     import shutil
 
-    from gemma_keras import cache
+    from gemma_keras.sources import cache
 
     path, _ = tiny_gguf("gemma3")
     gk.load(path)

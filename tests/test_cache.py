@@ -7,19 +7,20 @@ import json
 import pytest
 
 import gemma_keras as gk
-from gemma_keras import cache, sources
+from gemma_keras.sources import cache
+from gemma_keras.sources import resolve as sources
 from tests.conftest import cache_files
 
 
 def _count_conversions(monkeypatch) -> list:
     calls = []
-    real = sources._convert
+    real = sources.convert_gguf
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sources, "_convert", counting)
+    monkeypatch.setattr(sources, "convert_gguf", counting)
     return calls
 
 
@@ -49,7 +50,7 @@ def test_failed_conversion_leaves_nothing(tiny_gguf, isolated_cache, monkeypatch
     def explode(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("gemma_keras.gguf_import.build_backbone", explode)
+    monkeypatch.setattr("gemma_keras.sources.convert.build_backbone", explode)
     with pytest.raises(RuntimeError, match="disk on fire"):
         gk.load(path)
     leftovers = [p for p in cache_files(isolated_cache) if not p.name.endswith(".lock")]
@@ -151,7 +152,7 @@ def test_nothing_unpickles_user_files():
     import gemma_keras
 
     risky = []
-    for source in Path(gemma_keras.__file__).parent.glob("*.py"):
+    for source in Path(gemma_keras.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]

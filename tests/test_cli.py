@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import subprocess
+import sys
 
-from gemma_keras import cli
+import pytest
+
+from gemma_keras.cli import commands as cli
 from tests.conftest import BACKEND
 
 
@@ -93,3 +99,67 @@ def test_finetune_writes_adapters_and_resumes(tiny_gguf, tmp_path, capsys):
     assert lm.backbone._gemma_keras_lora["rank"] == 4
     assert cli.main([*args, "--skip-bad-records", "--max-steps", "2", "--resume"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
+
+
+NOISE = ("absl::InitializeLog", "oneDNN", "cuInit", "normalizer.cc", "cudart_stub")
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GEMMA_KERAS_VERBOSE")}
+    env["KERAS_BACKEND"] = BACKEND
+    return subprocess.run(
+        [sys.executable, "-m", "gemma_keras.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def test_third_party_log_lines_are_hidden_unless_verbose(tiny_gguf):
+    path, _ = tiny_gguf("gemma3")
+    args = ("generate", "hello", "--model", str(path), "--max-new-tokens", "2", "--no-stream")
+    quiet = _run_cli(*args)
+    assert quiet.returncode == 0, quiet.stderr
+    assert [line for line in quiet.stderr.splitlines() if any(n in line for n in NOISE)] == []
+    loud = _run_cli(*args, "--verbose")
+    assert loud.returncode == 0 and loud.stdout == quiet.stdout
+    assert any(n in loud.stderr for n in NOISE)  # the lines exist; --verbose shows them
+
+
+def test_chat_warns_when_the_model_is_not_instruction_tuned(tiny_gguf, tmp_path):
+    from gemma_keras.testing import write_tiny_gguf
+
+    path, _ = tiny_gguf("gemma3")
+    args = cli.build_parser().parse_args(["chat", "--model", str(path), "--max-new-tokens", "2"])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli._cmd_chat(args, stdin=io.StringIO("/exit\n"), stdout=io.StringIO()) == 0
+    assert "not an instruction-tuned one" in err.getvalue()
+    tuned = tmp_path / "tiny-it.gguf"
+    write_tiny_gguf(tuned, "gemma3", name="gemma-3-tiny-it")
+    args = cli.build_parser().parse_args(["chat", "--model", str(tuned), "--max-new-tokens", "2"])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli._cmd_chat(args, stdin=io.StringIO("/exit\n"), stdout=io.StringIO()) == 0
+    assert "instruction-tuned" not in err.getvalue()
+
+
+def test_finetune_flags_are_checked_before_the_model_loads(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    missing = str(tmp_path / "missing.gguf")  # loading it would fail: the flag must fail first
+    base = ["finetune", str(data), "--out", str(tmp_path / "run"), "--model", missing]
+    for flags, words in (
+        (["--lora-rank", "0"], "lora_rank must be a positive integer"),
+        (["--learning-rate", "5"], "learning_rate"),
+        (["--decay", "sideways"], "decay must be one of"),
+        (["--targets", "query,nope"], "unknown LoRA target 'nope'"),
+    ):
+        assert cli.main([*base, *flags]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "missing.gguf" not in err, err
+
+
+def test_every_subcommand_has_working_help(capsys):
+    for command in ("info", "generate", "chat", "finetune", "export"):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([command, "--help"])
+        assert exit_.value.code == 0, command
+        assert "--verbose" in capsys.readouterr().out

@@ -13,25 +13,25 @@ from pathlib import Path
 import numpy as np
 
 import gemma_keras as gk
-from gemma_keras import cache
+from gemma_keras.sources import cache
 from tests.conftest import BACKEND
 
 CHILD = textwrap.dedent(
     """
     import sys, time
     import gemma_keras as gk
-    from gemma_keras import sources
+    from gemma_keras.sources import resolve as sources
 
-    real = sources._convert
+    real = sources.convert_gguf
     marker, pause = sys.argv[2], float(sys.argv[3])
 
     def convert(model_info, out_dir, progress):
-        lm = real(model_info, out_dir, progress)
+        built = real(model_info, out_dir, progress)
         open(marker, "a").write("converted\\n")
         time.sleep(pause)  # the preset is written, the entry not yet renamed
-        return lm
+        return built
 
-    sources._convert = convert
+    sources.convert_gguf = convert
     lm = gk.load(sys.argv[1])
     print("GENERATED", repr(lm.generate("hello", max_new_tokens=3, stop_token_ids=())))
     """
@@ -94,7 +94,7 @@ FINETUNE_CHILD = textwrap.dedent(
     """
     import sys, time
     import gemma_keras as gk
-    from gemma_keras import finetune as ft
+    from gemma_keras.training import checkpoints as ft
     from tests.test_finetune import FAST, RECORDS
 
     real_save = ft.Checkpoints.save
@@ -112,7 +112,7 @@ FINETUNE_CHILD = textwrap.dedent(
 
 
 def test_sigkill_during_finetune_then_resume_matches_an_uninterrupted_run(tiny_gguf, tmp_path):
-    from gemma_keras.lora import adapter_arrays, read_npz
+    from gemma_keras.training.lora import adapter_arrays, read_npz
     from tests.test_finetune import FAST, RECORDS
 
     path, _ = tiny_gguf("gemma3")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
-from gemma_keras import export as export_mod
-from tests.conftest import ARCHITECTURES, BACKEND
+from gemma_keras.formats import keras_preset as export_mod
+from tests.conftest import ARCHITECTURES, BACKEND, generate_ids
 
 TEXT = "the capital of France is Paris and hello world of the model"
 # Measured max |logit diff| on the tiny models: f16 <= 0.0026, q8_0 <= 0.048.
@@ -65,7 +65,7 @@ def test_save_is_a_keras_hub_preset(tiny_model, tmp_path, arch):
 def test_gguf_reads_back(tiny_gguf, tiny_model, tmp_path, arch, dtype):
     from gguf import GGUFReader
 
-    from gemma_keras.gguf_import import read_gguf
+    from gemma_keras.formats.gguf_reader import read_gguf
 
     lm = tiny_model(arch)
     ids = ids_of(lm)
@@ -136,7 +136,7 @@ def test_gguf_reads_in_transformers(tiny_model, tmp_path, arch):
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False)
     theirs = [int(t) for t in out[0, len(ids) :]]
-    ours = lm._generate_ids([TEXT], 12, gk.SamplingParams(), (), True)[0]
+    ours = generate_ids(lm, [TEXT], 12, gk.SamplingParams(), (), True)[0]
     assert ours == theirs
     assert lm.tokenizer.decode(ours) == tokenizer.decode(theirs, skip_special_tokens=True)
 
@@ -186,7 +186,7 @@ def test_gemma3_rope_scaling_is_carried(tiny_gguf, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from gemma_keras.sources import _wrap
+    from gemma_keras.sources.resolve import _wrap
     from tests.hf_reference import hf_logits
 
     plain = fresh(tiny_gguf, "gemma3", num_layers=6)
@@ -247,14 +247,14 @@ def test_gemma_import_does_not_import_keras():
     import subprocess
     import sys
 
-    code = "import sys, gemma_keras, gemma_keras.export; print('keras' in sys.modules)"
+    code = "import sys, gemma_keras, gemma_keras.formats.export; print('keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", (BACKEND, out.stderr[-2000:])
 
 
 # --- command line -------------------------------------------------------------------------------
 def test_cli_export(tiny_gguf, tiny_model, tmp_path, capsys):
-    from gemma_keras import cli
+    from gemma_keras.cli import commands as cli
 
     path, _ = tiny_gguf("gemma2")
     dest = tmp_path / "out.gguf"

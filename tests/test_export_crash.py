@@ -36,9 +36,9 @@ CHILD = textwrap.dedent(
 
         gguf.GGUFWriter.write_tensors_to_file = tensors
     else:
-        from gemma_keras import cache
+        from gemma_keras.formats import keras_preset
 
-        cache.write_manifest = pause  # after the preset's own files are written
+        keras_preset.write_manifest = pause  # after the preset's own files are written
     gk.load(source).export(dest, format=fmt)
     """
 )

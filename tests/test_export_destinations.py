@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import gemma_keras as gk
-from gemma_keras import export as export_mod
+from gemma_keras.formats import staging as export_mod
 from tests.test_export import fresh, leftovers
 
 # --- destinations -----------------------------------------------------------------------------
@@ -47,20 +47,20 @@ def _fail_partway(monkeypatch, format):
 
         monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", tensors)
     elif format == "safetensors":
-        from gemma_keras import hf_export
+        from gemma_keras.formats import hf_checkpoint as hf_export
 
         def write_json(path, content):  # runs after model.safetensors is written
             raise enospc
 
         monkeypatch.setattr(hf_export, "write_json", write_json)
     else:
-        from gemma_keras import cache
+        from gemma_keras.formats import keras_preset
 
         def write_manifest(entry, info):  # runs after the preset is written
             assert (entry / "model.weights.h5").exists()
             raise enospc
 
-        monkeypatch.setattr(cache, "write_manifest", write_manifest)
+        monkeypatch.setattr(keras_preset, "write_manifest", write_manifest)
 
 
 @pytest.mark.parametrize("existing", [False, True])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
+from tests.conftest import generate_ids
 from tests.hf_reference import hf_greedy
 from tests.test_real_model import PROMPTS, TRICKY
 
@@ -71,7 +72,7 @@ def test_real_gguf_reads_in_transformers(real_model, prompt_ids, tmp_path):
         top2 = np.sort(logits, axis=-1)[:, -2:]
         close = np.nonzero(top2[:, 1] - top2[:, 0] < MARGIN)[0]
         steps = int(close[0]) if len(close) else STEPS
-        mine = ours._generate_ids([prompt], STEPS, gk.SamplingParams(), (), True)[0]
+        mine = generate_ids(ours, [prompt], STEPS, gk.SamplingParams(), (), True)[0]
         assert mine[:steps] == theirs[:steps], prompt
         if steps == STEPS:
             assert ours.tokenizer.decode(mine) == tokenizer.decode(theirs, skip_special_tokens=True)

@@ -7,9 +7,9 @@ import pytest
 
 import gemma_keras as gk
 from gemma_keras.errors import FinetuneError
-from gemma_keras.finetune import scored_positions_model
-from gemma_keras.finetune_data import make_batch, tokenize_records
-from gemma_keras.lora import lora_layers
+from gemma_keras.training.data import make_batch, tokenize_records
+from gemma_keras.training.loop import scored_positions_model
+from gemma_keras.training.lora import lora_layers
 from tests.conftest import ARCHITECTURES
 
 RECORDS = [{"prompt": f"question {i}", "response": f"answer number {i}"} for i in range(10)]
@@ -98,7 +98,7 @@ def test_gradient_accumulation_counts_updates(fresh):
 
 
 def _adapters(lm) -> dict[str, np.ndarray]:
-    from gemma_keras.lora import adapter_arrays
+    from gemma_keras.training.lora import adapter_arrays
 
     return adapter_arrays(lm.backbone)
 
@@ -198,3 +198,25 @@ def test_adapter_files_never_unpickle(fresh, tmp_path):
     np.savez(evil, __header__=header, payload=np.array([object()], dtype=object))
     with pytest.raises(FinetuneError, match="evil.npz.*corrupt"):
         fresh().load_adapters(evil)
+
+
+def test_a_finetune_config_is_shared_by_the_method_and_checked_first(fresh):
+    lm = fresh()
+    config = gk.FinetuneConfig(
+        lora_rank=4, batch_size=4, learning_rate=1e-2, sequence_length=64, verbose=False
+    )
+    a = lm.finetune(RECORDS[:4], config, max_steps=1)
+    assert a.steps == 1 and lm.backbone._gemma_keras_lora["rank"] == 4
+    other = fresh()
+    for bad in (
+        {"lora_rank": 0},
+        {"seed": -1},
+        {"learning_rate": float("nan")},
+        {"targets": []},
+        {"nope": 1},
+    ):
+        with pytest.raises(FinetuneError):
+            other.finetune(RECORDS[:4], config, **bad)
+    assert lora_layers(other.backbone) == []  # nothing changed the model
+    with pytest.raises(FinetuneError, match="lora_rank"):
+        gk.FinetuneConfig(lora_rank=0)

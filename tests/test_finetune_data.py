@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gemma_keras.errors import DataError
-from gemma_keras.finetune_data import iter_records, make_batch, tokenize_records
+from gemma_keras.training.data import iter_records, make_batch, tokenize_records
 
 
 @pytest.fixture(scope="module")

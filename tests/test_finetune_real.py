@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import gemma_keras as gk
-from gemma_keras.chat import render_messages
+from gemma_keras.architectures.chat_format import render_messages
 from gemma_keras.testing import made_up_fact_records, made_up_facts
 
 pytestmark = pytest.mark.real

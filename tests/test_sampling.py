@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
-from gemma_keras import sampling
-from gemma_keras.sampling import SamplingParams, next_tokens
+from gemma_keras.generation import sampling
+from gemma_keras.generation.sampling import SamplingParams, next_tokens
 
 
 def _logits(batch=4, vocab=50, seed=0):

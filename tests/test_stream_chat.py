@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import gemma_keras as gk
-from gemma_keras.chat import render_messages
-from gemma_keras.streaming import TextCollector
-from tests.conftest import ARCHITECTURES
+from gemma_keras.architectures.chat_format import render_messages
+from gemma_keras.generation.streaming import TextCollector
+from tests.conftest import ARCHITECTURES, generate_ids
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -23,7 +23,7 @@ def test_stop_string_across_token_boundaries(tiny_model):
     # Sampled (seeded), so the text varies more than the tiny model's greedy loop.
     sample = dict(max_new_tokens=24, stop_token_ids=(), temperature=1.0, seed=1)
     free = lm.generate("the model", **sample)
-    ids = lm._generate_ids(["the model"], 24, gk.SamplingParams(temperature=1.0, seed=1), (), True)[0]
+    ids = generate_ids(lm, ["the model"], 24, gk.SamplingParams(temperature=1.0, seed=1), (), True)[0]
     assert len(set(ids)) > 5
     pieces = [lm.tokenizer.decode(ids[: i + 1]) for i in range(len(ids))]
     # A stop string that starts inside one token and ends inside a later one.
@@ -142,7 +142,7 @@ def test_chat_reply_ends_at_the_default_stop_tokens(tiny_model, monkeypatch):
     # The tiny model never picks <end_of_turn>, so make one token it does pick
     # a default stop, and check the chat reply ends right before it.
     prompt = render_messages([{"role": "user", "content": "hello"}])
-    ids = lm._generate_ids([prompt], 8, gk.SamplingParams(), (), False)[0]
+    ids = generate_ids(lm, [prompt], 8, gk.SamplingParams(), (), False)[0]
     monkeypatch.setattr(lm, "default_stop_ids", (ids[3],))
     reply = lm.chat(max_new_tokens=8).send("hello")
     assert reply == lm.tokenizer.decode(ids[: ids.index(ids[3])])
@@ -163,3 +163,22 @@ def test_chat_over_the_context_is_an_error_and_records_nothing(tiny_model):
     with pytest.raises(gk.GenerationArgumentError, match="context"):
         chat.send("hello " * 600)
     assert chat.history == []
+
+
+def test_chat_warns_on_a_pretrained_model_and_checks_its_arguments(tiny_model, tiny_gguf):
+    lm = tiny_model("gemma3")
+    assert lm.info.instruction_tuned is False  # a GGUF whose name has no -it / instruct marker
+    with pytest.warns(gk.NotInstructionTunedWarning, match="pretrained model"):
+        lm.chat()
+    with pytest.raises(gk.GenerationArgumentError, match="unknown chat argument"):
+        lm.chat(foo=1)  # refused when made, not at the first send
+
+
+def test_chat_format_comes_from_the_architecture_record(tiny_model):
+    for arch in ARCHITECTURES:
+        lm = tiny_model(arch)
+        assert lm.architecture.chat_format.render([{"role": "user", "content": "hi"}]) == render_messages(
+            [{"role": "user", "content": "hi"}]
+        )
+        end = lm.tokenizer.token_to_id(lm.architecture.chat_format.end)
+        assert set(lm.default_stop_ids) == {lm.tokenizer.eos_id, end}

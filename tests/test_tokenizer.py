@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_keras.gguf_import import read_gguf
-from gemma_keras.tokenizer import BYTE, NORMAL, UNKNOWN, GemmaTokenizer
+from gemma_keras.formats.gguf_reader import read_gguf
+from gemma_keras.formats.sentencepiece import BYTE, NORMAL, UNKNOWN, GemmaTokenizer
 
 TEXTS = [
     "the capital of France is Paris",

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
-from tests.conftest import ARCHITECTURES
+from gemma_keras.generation.decode import Batch, Request
+from tests.conftest import ARCHITECTURES, generate_ids
 
 pytestmark = pytest.mark.distributed
 
@@ -17,11 +18,11 @@ MESHES = [(8, 1), (2, 4)]
 
 
 def _run(lm):
-    ids = [lm.tokenizer.encode(p) for p in PROMPTS]
-    state = lm.engine.start(ids, STEPS)
-    greedy = lm._generate_ids(PROMPTS, STEPS, gk.SamplingParams(), (), True)
+    requests = [Request(lm.tokenizer.encode(p), STEPS) for p in PROMPTS]
+    state = Batch.prefill(lm.runner, requests)
+    greedy = generate_ids(lm, PROMPTS, STEPS, gk.SamplingParams(), (), True)
     # A repetition penalty decodes on the host one step at a time (no chunks).
-    stepped = lm._generate_ids(PROMPTS, 6, gk.SamplingParams(repetition_penalty=1.3), (), True)
+    stepped = generate_ids(lm, PROMPTS, 6, gk.SamplingParams(repetition_penalty=1.3), (), True)
     return state, greedy, stepped
 
 
@@ -38,11 +39,13 @@ def test_sharded_generate_matches_one_device(tiny_gguf, reference_model, arch, k
 
     assert len(lm.backbone.weights[0].value.sharding.device_set) == 8
     # The batch was padded to the batch axis and split over it.
-    first = state.cache[0][0] if isinstance(state.cache[0], tuple) else state.cache[0]
+    batch, logits = state
+    first = batch.cache[0][0] if isinstance(batch.cache[0], tuple) else batch.cache[0]
     assert first.shape[0] % mesh[0] == 0
     assert first.sharding.spec[0] == dist.batch_dim_name
-    assert state.logits.shape == ref_state.logits.shape == (len(PROMPTS), lm.tokenizer.vocabulary_size)
-    np.testing.assert_allclose(state.logits, ref_state.logits, atol=1e-4, rtol=0)
+    rows = len(PROMPTS)
+    assert logits.shape[1] == ref_state[1].shape[1] == lm.tokenizer.vocabulary_size
+    np.testing.assert_allclose(logits[:rows], ref_state[1][:rows], atol=1e-4, rtol=0)
     assert greedy == ref_greedy
     assert all(len(row) == STEPS for row in greedy)
     assert stepped == ref_stepped

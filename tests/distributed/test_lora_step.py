@@ -48,7 +48,7 @@ def test_lora_step_matches_one_device(tiny_gguf, arch, kv_heads, mesh):
 
 @pytest.mark.parametrize("mesh", [(2, 4), (8, 1)], ids=["2x4", "8x1"])
 def test_finetune_on_a_mesh_matches_one_device(tiny_gguf, mesh):
-    from gemma_keras.lora import adapter_arrays
+    from gemma_keras.training.lora import adapter_arrays
 
     path, _ = tiny_gguf("gemma3", kv_heads=1)
     records = [{"prompt": f"question {i}", "response": f"answer number {i}"} for i in range(16)]

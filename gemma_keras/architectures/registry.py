@@ -1,0 +1,59 @@
+"""The known architectures and the lookups into them: by name, GGUF arch, HF model type or backbone."""
+
+from __future__ import annotations
+
+from gemma_keras.architectures.gemma import GEMMA, GEMMA2
+from gemma_keras.architectures.gemma3 import GEMMA3
+from gemma_keras.architectures.record import Architecture
+from gemma_keras.errors import UnsupportedModelError
+
+ARCHITECTURES: tuple[Architecture, ...] = (GEMMA, GEMMA2, GEMMA3)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(a.name for a in ARCHITECTURES)
+
+
+def by_name(name: str) -> Architecture:
+    for arch in ARCHITECTURES:
+        if arch.name == name:
+            return arch
+    raise UnsupportedModelError(f"Unknown architecture {name!r}; gemma_keras knows {', '.join(names())}.")
+
+
+def by_gguf_arch(name: str, where: str = "the file") -> Architecture:
+    for arch in ARCHITECTURES:
+        if arch.gguf_arch == name:
+            return arch
+    raise UnsupportedModelError(
+        f"{where} holds a {name!r} model; gemma_keras loads only "
+        f"{', '.join(a.gguf_arch for a in ARCHITECTURES)}. Use a Gemma GGUF file."
+    )
+
+
+def of_backbone(backbone) -> Architecture:
+    """The record of a KerasHub backbone; refuses embedding models and other families."""
+    return of_config(backbone.get_config(), type(backbone).__name__)
+
+
+def of_config(config: dict, class_name: str | None = None) -> Architecture:
+    """The record of a backbone config (with its KerasHub class name, when known)."""
+    if config.get("use_bidirectional_attention"):
+        raise UnsupportedModelError(
+            "The preset holds an embedding model (bidirectional attention); it cannot generate text."
+        )
+    for arch in ARCHITECTURES:
+        if arch.matches(class_name, config):
+            return arch
+    titles = ", ".join(a.title for a in ARCHITECTURES)
+    raise UnsupportedModelError(
+        f"The preset holds a {class_name or 'backbone config'}, not one of these text models: {titles}."
+    )
+
+
+def keras_causal_lm_classes() -> list:
+    """Each distinct KerasHub causal LM class, once."""
+    seen: dict[str, object] = {}
+    for arch in ARCHITECTURES:
+        seen.setdefault(arch.keras_causal_lm, arch)
+    return [arch.keras_class("causal_lm") for arch in seen.values()]

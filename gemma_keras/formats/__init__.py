@@ -1,0 +1,17 @@
+"""File formats: reading, checking and writing GGUF, safetensors checkpoints and Keras presets.
+
+- `gguf_check`: a structural check of a GGUF header before anything trusts it;
+- `gguf_reader`, `gguf_writer`: llama.cpp's format;
+- `hf_checkpoint`: transformers' safetensors directory;
+- `keras_preset`, `manifest`: KerasHub presets and our metadata beside them;
+- `sentencepiece`: the tokenizer model, rebuilt from a GGUF vocabulary and run;
+- `tensor_names`: the one table of weight names shared by import and export;
+- `staging`: writes that appear whole or not at all;
+- `export`: picks the writer for `Gemma.export`.
+"""
+
+from gemma_keras.formats.export import DTYPES, FORMATS, export
+from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.sentencepiece import GemmaTokenizer
+
+__all__ = ["DTYPES", "FORMATS", "GemmaTokenizer", "ModelInfo", "export"]

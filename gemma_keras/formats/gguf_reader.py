@@ -1,0 +1,268 @@
+"""Reads a Gemma GGUF file: its metadata as a KerasHub backbone config, and its tensors.
+
+The metadata gives the architecture (an `Architecture` record) and sizes;
+`gguf.quants.dequantize` turns every tensor llama.cpp writes (F32, F16,
+BF16, Q8_0, Q4_0, the K-quants and the rest) into float32, in Hugging
+Face's `(out, in)` layout, as llama.cpp stores it. Building the Keras model
+from it is `gemma_keras.sources.convert`'s job.
+
+Example:
+
+>>> info = read_gguf("model.gguf")  # doctest: +SKIP
+>>> info.architecture, info.backbone_config["num_layers"]  # doctest: +SKIP
+('gemma3', 18)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gemma_keras.architectures.record import Architecture
+from gemma_keras.architectures.registry import by_gguf_arch
+from gemma_keras.errors import GGUFError, ModelNotFoundError, UnsupportedModelError
+from gemma_keras.formats.gguf_check import check_gguf_structure
+from gemma_keras.formats.sentencepiece import proto_from_gguf_vocab
+from gemma_keras.formats.tensor_names import block_tensors
+
+GGUF_MAGIC = b"GGUF"
+# Cheap to read, and enough to tell an instruction-tuned model from a pretrained one.
+_NAME_KEYS = ("general.finetune", "general.name", "general.basename")
+
+
+@dataclass
+class GGUFModel:
+    """What a GGUF file says about a Gemma model, ready to build in Keras."""
+
+    path: Path
+    arch: Architecture
+    backbone_config: dict[str, Any]
+    context_length: int
+    tokens: list[str]
+    token_types: list[int]
+    special_ids: dict[str, int]
+    names: list[str]
+    reader: Any = field(repr=False)
+
+    @property
+    def architecture(self) -> str:
+        return self.arch.name
+
+    def tokenizer_proto(self) -> bytes:
+        return proto_from_gguf_vocab(self.tokens, self.token_types, **self.special_ids)
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A tensor as float32 in `(out, in)` layout."""
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            raise GGUFError(f"{self.path}: the tensor {name!r} is missing.")
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        try:
+            qtype = GGMLQuantizationType(int(tensor.tensor_type))
+            array = dequantize(tensor.data, qtype)
+        except (NotImplementedError, ValueError, KeyError) as exc:
+            raise GGUFError(
+                f"{self.path}: cannot dequantize tensor {name!r} of type "
+                f"{getattr(tensor.tensor_type, 'name', tensor.tensor_type)}: {exc}"
+            ) from exc
+        expected = tuple(int(d) for d in reversed(tensor.shape))
+        if array.size != int(np.prod(expected)):
+            raise GGUFError(
+                f"{self.path}: tensor {name!r} holds {array.size} values but declares shape {expected}."
+            )
+        return np.asarray(array, dtype=np.float32).reshape(expected)
+
+    @property
+    def _tensors(self) -> dict[str, Any]:
+        if not hasattr(self, "_tensor_index"):
+            self._tensor_index = {t.name: t for t in self.reader.tensors}
+        return self._tensor_index
+
+
+def _field(reader, path: Path, key: str, default: Any = None, required: bool = False):
+    field_ = reader.fields.get(key)
+    if field_ is None:
+        if required:
+            raise GGUFError(f"{path}: the metadata key {key!r} is missing.")
+        return default
+    try:
+        return field_.contents()
+    except Exception as exc:
+        raise GGUFError(
+            f"{path}: the metadata key {key!r} is unreadable: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def check_magic(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except IsADirectoryError:
+        raise GGUFError(f"{path} is a directory, not a GGUF file.") from None
+    except OSError as exc:
+        raise GGUFError(f"{path}: cannot read the file: {exc}") from exc
+    if head != GGUF_MAGIC:
+        raise GGUFError(
+            f"{path} is not a GGUF file (it does not start with b'GGUF'). "
+            "Pass a .gguf file written by llama.cpp or gguf-py, a Keras preset "
+            "directory, or a preset name."
+        )
+
+
+def _open_reader(path: Path):
+    from gguf import GGUFReader
+
+    # gguf-py trusts declared counts; make sure they fit the file first.
+    check_gguf_structure(path)
+    try:
+        reader = GGUFReader(str(path), "r")
+    except Exception as exc:  # gguf raises bare ValueError/IndexError/struct.error
+        raise GGUFError(
+            f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
+            "Download or export the file again."
+        ) from exc
+    # Every tensor's extent was already checked against the file's size above.
+    return reader
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFModel:
+    """Reads and validates a Gemma GGUF file's metadata (not its weights)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"{path}: no such file.")
+    check_magic(path)
+    reader = _open_reader(path)
+    try:
+        return _read_metadata(path, reader)
+    except (GGUFError, UnsupportedModelError):
+        raise
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError, AttributeError) as exc:
+        # A value of the wrong type (a string where a count belongs, ...).
+        raise GGUFError(f"{path}: malformed metadata ({type(exc).__name__}: {exc}).") from exc
+
+
+def _read_metadata(path: Path, reader) -> GGUFModel:
+    arch = by_gguf_arch(_field(reader, path, "general.architecture", required=True), str(path))
+
+    def key(name, default=None, required=False):
+        return _field(reader, path, f"{arch.gguf_arch}.{name}", default, required)
+
+    num_layers = int(key("block_count", required=True))
+    hidden = int(key("embedding_length", required=True))
+    heads = int(key("attention.head_count", required=True))
+    kv_heads = int(key("attention.head_count_kv", heads))
+    head_dim = int(key("attention.key_length", hidden // max(heads, 1)))
+    ffn = int(key("feed_forward_length", required=True))
+    eps = float(key("attention.layer_norm_rms_epsilon", 1e-6))
+    context = int(key("context_length", 8192))
+    rope_base = float(key("rope.freq_base", arch.rope_base))
+    if abs(rope_base - arch.rope_base) > 1e-3 * arch.rope_base:
+        raise UnsupportedModelError(
+            f"{path}: rope.freq_base is {rope_base:g}, but KerasHub's {arch.title} "
+            f"backbone fixes it at {arch.rope_base:g}."
+        )
+    for name, value in (
+        ("block_count", num_layers),
+        ("embedding_length", hidden),
+        ("attention.head_count", heads),
+        ("attention.head_count_kv", kv_heads),
+        ("attention.key_length", head_dim),
+        ("feed_forward_length", ffn),
+    ):
+        if value <= 0 or value > 1 << 20:
+            raise GGUFError(f"{path}: {arch.gguf_arch}.{name} = {value} is not a valid size.")
+    if heads % kv_heads:
+        raise GGUFError(f"{path}: {heads} query heads do not divide into {kv_heads} KV heads.")
+
+    tokens = _field(reader, path, "tokenizer.ggml.tokens", required=True)
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise GGUFError(f"{path}: tokenizer.ggml.tokens is not a list of strings.")
+    types = _field(reader, path, "tokenizer.ggml.token_type")
+    if types is None:
+        types = [1] * len(tokens)
+    if len(types) != len(tokens):
+        raise GGUFError(f"{path}: {len(tokens)} tokens but {len(types)} token types.")
+    special = {
+        "bos_id": int(_field(reader, path, "tokenizer.ggml.bos_token_id", 2)),
+        "eos_id": int(_field(reader, path, "tokenizer.ggml.eos_token_id", 1)),
+        "unk_id": int(_field(reader, path, "tokenizer.ggml.unknown_token_id", 3)),
+        "pad_id": int(_field(reader, path, "tokenizer.ggml.padding_token_id", 0)),
+    }
+    for name, value in special.items():
+        if not 0 <= value < len(tokens):
+            raise GGUFError(f"{path}: tokenizer {name} {value} is outside the vocabulary.")
+
+    config: dict[str, Any] = {
+        "vocabulary_size": len(tokens),
+        "num_layers": num_layers,
+        "num_query_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "hidden_dim": hidden,
+        "head_dim": head_dim,
+        "intermediate_dim": arch.keras_intermediate_dim(ffn),
+        "layer_norm_epsilon": eps,
+        **arch.gguf_config(key, num_layers),
+    }
+    _check_tensor_shapes(path, reader, arch, config, ffn)
+    return GGUFModel(
+        path=path,
+        arch=arch,
+        backbone_config=config,
+        context_length=context,
+        tokens=list(tokens),
+        token_types=[int(t) for t in types],
+        special_ids=special,
+        names=[str(v) for v in (_field(reader, path, k) for k in _NAME_KEYS) if isinstance(v, str)],
+        reader=reader,
+    )
+
+
+def expected_tensor_shapes(
+    arch: Architecture, config: dict[str, Any], ffn: int
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Gemma GGUF must hold, with its `(out, in)` shape."""
+    hidden, head_dim = config["hidden_dim"], config["head_dim"]
+    q_dim, kv_dim = config["num_query_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (config["vocabulary_size"], hidden),
+        "output_norm.weight": (hidden,),
+    }
+    by_layout = {"heads_in_q": (q_dim, hidden), "heads_in_kv": (kv_dim, hidden), "heads_out": (hidden, q_dim)}
+    dense = {"ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden), "ffn_down": (hidden, ffn)}
+    norms = {"attn_q_norm": (head_dim,), "attn_k_norm": (head_dim,)}
+    flags = {flag: True for flag in arch.block_flags}
+    for i in range(config["num_layers"]):
+        # Matrices first, then norms: the order `testing.write_tiny_gguf` draws its weights in.
+        for t in sorted(block_tensors(flags), key=lambda t: t.layout == "norm"):
+            shape = by_layout.get(t.layout) or dense.get(t.gguf) or norms.get(t.gguf) or (hidden,)
+            shapes[f"blk.{i}.{t.gguf}.weight"] = shape
+    return shapes
+
+
+def _check_tensor_shapes(path: Path, reader, arch: Architecture, config: dict[str, Any], ffn: int) -> None:
+    """Checks every tensor against the metadata before anything is allocated.
+
+    The tensors' bytes are already known to lie inside the file, so a model
+    whose shapes all match cannot be larger than the file implies: absurd
+    sizes in the metadata are caught here, not by a MemoryError later.
+    """
+    found = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    if config["num_layers"] > len(found):
+        raise GGUFError(
+            f"{path}: block_count {config['num_layers']} but only {len(found)} tensors in the file."
+        )
+    for name, shape in expected_tensor_shapes(arch, config, ffn).items():
+        if name not in found:
+            raise GGUFError(
+                f"{path}: the tensor {name!r} is missing; the file is incomplete or not a {arch.title} model."
+            )
+        if found[name] != shape:
+            raise GGUFError(
+                f"{path}: tensor {name!r} has shape {found[name]}, but the metadata implies {shape}."
+            )

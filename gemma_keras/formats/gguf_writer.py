@@ -1,0 +1,190 @@
+"""Writes a model as a llama.cpp GGUF file with gguf-py's `GGUFWriter`.
+
+The file follows what llama.cpp's `convert_hf_to_gguf.py` writes for Gemma,
+Gemma 2 and Gemma 3: its tensor names (from `gemma_keras.tensor_map`), RMSNorm
+weights stored as `1 + w`, the `<arch>.*` hyperparameters and a
+SentencePiece-style vocabulary (`tokenizer.ggml.model = "llama"`).
+
+dtypes, as llama.cpp's converter does them:
+
+- `"f32"`: every tensor F32;
+- `"f16"` (the default): 2-D weights F16, norms F32;
+- `"q8_0"`: 2-D weights Q8_0 (blocks of 32 along a row, one f16 scale each);
+  a weight whose rows are not a multiple of 32 long falls back to F16, and
+  norms stay F32.
+
+Example:
+
+>>> from gemma_keras.formats.gguf_writer import write_gguf
+>>> write_gguf(lm.causal_lm, lm.tokenizer, lm.info, Path("model.gguf"), "q8_0")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gemma_keras.architectures.record import Architecture
+from gemma_keras.errors import ExportError
+from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.tensor_names import read_backbone, to_gguf_norm
+
+_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+
+
+def encode(array: np.ndarray, dtype: str):
+    """Returns `(data, raw_dtype)` for `GGUFWriter.add_tensor`, choosing per tensor."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    if array.ndim == 1 or dtype == "f32":
+        return array.astype(np.float32), None
+    if dtype == "q8_0" and array.shape[-1] % 32 == 0:
+        return quantize(array, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
+    return array.astype(np.float16), None
+
+
+def write_gguf(causal_lm, tokenizer, info: ModelInfo, path: Path, dtype: str = "f16") -> None:
+    """Writes the model to the GGUF file `path` (which the caller stages atomically)."""
+    import gguf
+
+    arch = info.arch
+    backbone = causal_lm.backbone
+    cfg = backbone.get_config()
+    if cfg.get("query_head_dim_normalize", True) != arch.queries_normalized(cfg["num_layers"]):
+        raise ExportError(
+            f"This {arch.title} model scales queries differently from what llama.cpp infers from its "
+            f"{cfg['num_layers']} layers, so a GGUF file cannot describe it. Export to safetensors instead."
+        )
+    if arch.global_every is not None and not cfg.get("use_sliding_window_attention"):
+        raise ExportError(
+            f"llama.cpp always uses sliding-window attention for {arch.title}; this model does not."
+        )
+
+    writer = gguf.GGUFWriter(os.fspath(path), arch.gguf_arch)
+    writer.add_type("model")
+    writer.add_name(f"{arch.gguf_arch} exported by gemma_keras")
+    add_hyperparameters(
+        writer,
+        arch,
+        context=info.context_length,
+        hidden=cfg["hidden_dim"],
+        layers=cfg["num_layers"],
+        ffn=arch.ffn_width(cfg),
+        heads=cfg["num_query_heads"],
+        kv_heads=cfg["num_key_value_heads"],
+        head_dim=cfg["head_dim"],
+        eps=cfg["layer_norm_epsilon"],
+        sliding_window=cfg.get("sliding_window_size"),
+        attn_softcap=cfg.get("attention_logit_soft_cap"),
+        final_softcap=cfg.get("final_logit_soft_cap"),
+        rope_scaling=cfg.get("global_rope_scaling_factor", 1.0) or 1.0,
+    )
+    writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[dtype]])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_proto_vocabulary(writer, tokenizer.proto)
+
+    for name, array in read_backbone(backbone):
+        data, raw_dtype = encode(to_gguf_norm(array), dtype)
+        writer.add_tensor(name, data, raw_dtype=raw_dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def add_hyperparameters(
+    writer,
+    arch: Architecture,
+    *,
+    context: int,
+    hidden: int,
+    layers: int,
+    ffn: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    eps: float,
+    sliding_window: int | None = None,
+    attn_softcap: float | None = None,
+    final_softcap: float | None = None,
+    rope_scaling: float = 1.0,
+) -> None:
+    """The `<arch>.*` keys llama.cpp reads for Gemma (also used by `testing.write_tiny_gguf`).
+
+    The sliding window is written only for architectures whose layers slide.
+    """
+    import gguf
+
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(eps)
+    writer.add_rope_freq_base(arch.rope_base)
+    if sliding_window and arch.global_every is not None:
+        writer.add_sliding_window(sliding_window)
+    if attn_softcap:
+        writer.add_attn_logit_softcapping(attn_softcap)
+    if final_softcap:
+        writer.add_final_logit_softcapping(final_softcap)
+    if rope_scaling != 1.0:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope_scaling)
+
+
+def add_vocabulary(
+    writer,
+    tokens: list[str],
+    scores: list[float],
+    types: list[int],
+    special_ids: dict[str, int],
+    add_space_prefix: bool = False,
+) -> None:
+    """The tokenizer keys: llama.cpp's three arrays plus the special ids.
+
+    `special_ids` has `bos_id`, `eos_id`, `unk_id` and `pad_id` (a negative
+    pad id is left out).
+    """
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(special_ids["bos_id"])
+    writer.add_eos_token_id(special_ids["eos_id"])
+    writer.add_unk_token_id(special_ids["unk_id"])
+    if special_ids["pad_id"] >= 0:
+        writer.add_pad_token_id(special_ids["pad_id"])
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(add_space_prefix)
+
+
+def _add_proto_vocabulary(writer, proto: bytes) -> None:
+    """Our SentencePiece model as GGUF tokenizer keys.
+
+    Pieces, types and scores are written as the model holds them. A model
+    imported from GGUF has scores that follow piece order (see
+    `gemma_keras.tokenizer`), which is the merge order it tokenizes with.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    model = sp_pb2.ModelProto()
+    model.ParseFromString(proto)
+    spec = model.trainer_spec
+    add_vocabulary(
+        writer,
+        [p.piece for p in model.pieces],
+        [float(p.score) for p in model.pieces],
+        [int(p.type) for p in model.pieces],
+        {"bos_id": spec.bos_id, "eos_id": spec.eos_id, "unk_id": spec.unk_id, "pad_id": spec.pad_id},
+        bool(model.normalizer_spec.add_dummy_prefix),
+    )
+    # What llama.cpp's converter also writes for Gemma.
+    writer.add_tokenizer_pre("default")
+    writer.add_add_eos_token(False)

