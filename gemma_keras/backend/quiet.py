@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 
 VERBOSE_ENV = "GEMMA_KERAS_VERBOSE"
@@ -54,42 +55,55 @@ def _stderr_is_fd2() -> bool:
 
 @contextlib.contextmanager
 def quiet_native_logs() -> Iterator[None]:
-    """Sends what C++ libraries write to fd 2 into a temporary file while the block runs."""
-    global _active
+    """Sends what C++ libraries write to fd 2 into a temporary file while the block runs.
+
+    Python warnings raised meanwhile (tqdm's notebook probe, protobuf's
+    version notes) are dropped too: in a notebook, fd 2 is not the page,
+    but the warnings are.
+    """
     quiet_python_loggers()
     with _lock:
         if verbose() or _active:
             yield
             return
-        try:
-            saved = os.dup(2)
-        except OSError:  # no fd 2 at all (a daemon): nothing to protect
-            yield
-            return
-        capture = tempfile.TemporaryFile()
-        old_stderr = sys.stderr
-        swap = _stderr_is_fd2()
-        try:
-            if swap:
-                sys.stderr.flush()
-            os.dup2(capture.fileno(), 2)
-            if swap:
-                sys.stderr = io.TextIOWrapper(
-                    os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True, errors="backslashreplace"
-                )
-            _active = True
-            yield
-        except BaseException:
-            _restore(saved, old_stderr, swap)
-            capture.seek(0)
-            os.write(saved, capture.read()[-20000:])  # the captured lines may explain the failure
-            raise
-        else:
-            _restore(saved, old_stderr, swap)
-        finally:
-            _active = False
-            os.close(saved)
-            capture.close()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _fd2_to_a_file():
+                yield
+
+
+@contextlib.contextmanager
+def _fd2_to_a_file() -> Iterator[None]:
+    global _active
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all (a daemon): nothing to protect
+        yield
+        return
+    capture = tempfile.TemporaryFile()
+    old_stderr = sys.stderr
+    swap = _stderr_is_fd2()
+    try:
+        if swap:
+            sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        if swap:
+            sys.stderr = io.TextIOWrapper(
+                os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True, errors="backslashreplace"
+            )
+        _active = True
+        yield
+    except BaseException:
+        _restore(saved, old_stderr, swap)
+        capture.seek(0)
+        os.write(saved, capture.read()[-20000:])  # the captured lines may explain the failure
+        raise
+    else:
+        _restore(saved, old_stderr, swap)
+    finally:
+        _active = False
+        os.close(saved)
+        capture.close()
 
 
 def _restore(saved: int, old_stderr, swapped: bool) -> None:
