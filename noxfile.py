@@ -1,10 +1,12 @@
-"""Sessions: one test session per backend, plus lint, docs and a demo.
+"""Sessions: one test session per backend, plus lint, docs, installs, notebooks and a demo.
 
-    nox -s tests              # tests-jax, tests-tensorflow, tests-torch
-    nox -s tests-torch        # one backend
-    nox -s tests_distributed  # sharding on 8 simulated CPU devices (JAX)
-    nox -s lint docs          # ruff; mkdocs --strict
-    nox -s demo               # the embedded Gemma 3 270M generates text
+    nox -s tests               # tests(jax), tests(tensorflow), tests(torch)
+    nox -s "tests(torch)"      # one backend
+    nox -s tests_distributed   # sharding on 8 simulated CPU devices (JAX)
+    nox -s install_check       # a fresh venv with only the user install: load, generate, export, finetune
+    nox -s notebooks           # examples/notebooks run top to bottom (quick start on every backend)
+    nox -s lint docs           # ruff; mkdocs --strict
+    nox -s demo                # the embedded Gemma 3 270M generates text
 
 Each test session has its own virtualenv with only its backend's extra (plus
 the test tools: transformers and torch are the parity reference on every
@@ -26,7 +28,7 @@ TEST_CACHE = ROOT / ".nox" / "gemma-keras-cache"
 # pip pull a multi-GB CUDA build, so it goes in first, pinned.
 TORCH = "torch==2.13.0"
 
-nox.options.sessions = ["lint", "docs", "tests", "tests_distributed"]
+nox.options.sessions = ["lint", "docs", "tests", "tests_distributed", "install_check", "notebooks"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -37,11 +39,7 @@ def tests(session: nox.Session, backend: str) -> None:
     session.install(TORCH)
     session.install("-e", f".[{backend},model,test]")
     TEST_CACHE.mkdir(parents=True, exist_ok=True)
-    env = {
-        "KERAS_BACKEND": backend,
-        "GEMMA_KERAS_TEST_CACHE": str(TEST_CACHE),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
+    env = {"KERAS_BACKEND": backend, "GEMMA_KERAS_TEST_CACHE": str(TEST_CACHE)}
     # The sharding tests need 8 devices and JAX: tests_distributed runs them.
     args = session.posargs or ["-ra", "--durations=15", "-m", "not distributed", "tests"]
     session.run("python", "-m", "pytest", *args, env=env)
@@ -56,7 +54,6 @@ def tests_distributed(session: nox.Session) -> None:
         "KERAS_BACKEND": "jax",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     args = session.posargs or ["-ra", "--durations=10", "-m", "distributed", "tests/distributed"]
     session.run("python", "-m", "pytest", *args, env=env)
@@ -78,10 +75,37 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def install_check(session: nox.Session) -> None:
+    """A fresh virtualenv with only what the README tells users to install: every step must work."""
+    session.log("Installing gemma_keras[jax,model] as a user would (not editable, no test tools)...")
+    session.install(".[jax,model]", silent=False)
+    env = {"KERAS_BACKEND": "jax", "GEMMA_KERAS_CACHE": str(TEST_CACHE)}
+    TEST_CACHE.mkdir(parents=True, exist_ok=True)
+    session.run("python", "tests/install_check.py", env=env)
+
+
+@nox.session
+def notebooks(session: nox.Session) -> None:
+    """Runs examples/notebooks top to bottom on the embedded model: quick start on every backend."""
+    session.install(TORCH)
+    session.install(".[jax,torch,model,notebooks]")
+    session.run("python", "examples/make_notebooks.py", "--check")
+    env = {"GEMMA_KERAS_CACHE": str(TEST_CACHE)}
+    TEST_CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(session.create_tmp()) / "notebooks"
+    for backend in BACKENDS:
+        session.run("python", "examples/make_notebooks.py", "--run", "quickstart", "--backend", backend, env=env)
+    for name in ("finetune_lora", "export"):
+        args = ["--run", name, "--backend", "jax", "--workdir", str(work / name)]
+        session.run("python", "examples/make_notebooks.py", *args, env=env)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job: the embedded real Gemma 3 270M generates text on JAX."""
-    session.install("-e", ".[jax,model]")
-    env = {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    session.log("Installing gemma_keras with JAX and the embedded model (about a minute the first time)...")
+    session.install("-e", ".[jax,model]", silent=False)
+    env = {"KERAS_BACKEND": "jax"}
     session.run("gemma-keras", "info", env=env)
     prompt = session.posargs[0] if session.posargs else "The capital of France is"
     session.run("gemma-keras", "generate", prompt, "--max-new-tokens", "48", env=env)
