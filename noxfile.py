@@ -94,7 +94,9 @@ def notebooks(session: nox.Session) -> None:
     TEST_CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(session.create_tmp()) / "notebooks"
     for backend in BACKENDS:
-        session.run("python", "examples/make_notebooks.py", "--run", "quickstart", "--backend", backend, env=env)
+        session.run(
+            "python", "examples/make_notebooks.py", "--run", "quickstart", "--backend", backend, env=env
+        )
     for name in ("finetune_lora", "export"):
         args = ["--run", name, "--backend", "jax", "--workdir", str(work / name)]
         session.run("python", "examples/make_notebooks.py", *args, env=env)
