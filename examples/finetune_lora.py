@@ -32,7 +32,6 @@ args = parser.parse_args([] if "ipykernel" in sys.modules else None)
 
 # %%
 import gemma_keras as gk  # noqa: E402
-from gemma_keras.architectures.chat_format import render_messages  # noqa: E402
 from gemma_keras.testing import made_up_fact_records, made_up_facts  # noqa: E402
 
 gk.use_backend(args.backend)  # before gk.load imports keras
@@ -45,9 +44,9 @@ print(data.read_text().splitlines()[0])
 
 
 def ask(lm, pairs) -> int:
-    """Asks every question in the chat format; returns how many answers start right."""
-    prompts = [render_messages([{"role": "user", "content": q}]) for q, _ in pairs]
-    replies = lm.generate(prompts, max_new_tokens=8, add_bos=False)
+    """Asks every question in the chat format (one batch); returns how many answers start right."""
+    prompts = [lm.encode_messages([{"role": "user", "content": q}]) for q, _ in pairs]
+    replies = lm.generate(prompts, max_new_tokens=8)
     right = 0
     for (question, answer), reply in zip(pairs, replies, strict=True):
         ok = reply.strip().startswith(answer.rstrip("."))
@@ -91,6 +90,4 @@ print(f"after fine-tuning: {ask(lm, pairs)}/{len(pairs)} right")
 # %%
 print("adapters:", lm.save_adapters(out / "adapters.npz"))
 lm.merge_adapters()
-print(
-    lm.generate(render_messages([{"role": "user", "content": pairs[0][0]}]), max_new_tokens=8, add_bos=False)
-)
+print(lm.generate(lm.encode_messages([{"role": "user", "content": pairs[0][0]}]), max_new_tokens=8))

@@ -41,6 +41,10 @@ class GenerationArgumentError(GemmaKerasError, ValueError):
     """An argument to `generate` (prompt, sampling value, stop) is invalid."""
 
 
+class GenerationError(GemmaKerasError, RuntimeError):
+    """Generation cannot go on: the model gave something no token can be picked from (NaN logits)."""
+
+
 class CacheError(GemmaKerasError, RuntimeError):
     """The conversion cache could not be written or read."""
 

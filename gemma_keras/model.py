@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gemma_keras import checks
 from gemma_keras.architectures.registry import by_name
+from gemma_keras.checks import positive_int
 from gemma_keras.errors import (
     FinetuneError,
     GenerationArgumentError,
@@ -44,6 +46,42 @@ from gemma_keras.training.config import FinetuneConfig
 from gemma_keras.training.loop import FinetuneResult, finetune
 
 QUANTIZE_MODES = ("int8",)
+# One prompt: text, or token ids used as given.
+Prompt = str | Sequence[int]
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise GenerationArgumentError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def _prompts(prompt: Any) -> tuple[list, bool]:
+    """`(prompts, single)`: one text, one list of token ids, or an iterable of either."""
+    what = "prompt must be a string, a list of token ids, or a non-empty list of either"
+    if isinstance(prompt, str):
+        return [prompt], True
+    if isinstance(prompt, (bytes, bytearray, Mapping)) or not isinstance(prompt, Iterable):
+        raise GenerationArgumentError(f"{what}; got {type(prompt).__name__}.")
+    items = list(prompt)
+    if not items:
+        raise GenerationArgumentError(f"{what}; got an empty {type(prompt).__name__}.")
+    if all(checks.is_integer(t) for t in items):
+        return [items], True
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            continue
+        if isinstance(item, (bytes, bytearray, Mapping)) or not isinstance(item, Iterable):
+            raise GenerationArgumentError(
+                f"prompt[{i}] must be a string or a list of token ids, got {item!r}."
+            )
+        item = list(item)
+        if not all(checks.is_integer(t) for t in item):
+            raise GenerationArgumentError(
+                f"prompt[{i}] must be a string or a list of token ids, got {item!r}."
+            )
+        items[i] = item
+    return items, False
 
 
 class Gemma:
@@ -89,7 +127,7 @@ class Gemma:
     # --- generation -----------------------------------------------------------
     def generate(
         self,
-        prompt: str | Sequence[str],
+        prompt: Prompt | Sequence[Prompt],
         max_new_tokens: int = 64,
         *,
         temperature: float = 0.0,
@@ -105,34 +143,40 @@ class Gemma:
     ) -> str | list[str]:
         """Generates a continuation of one prompt or a list of prompts.
 
+        A prompt is text or a list of token ids. Text is encoded literally:
+        `<start_of_turn>` written in it stays text and never becomes a control
+        token. To use control tokens, pass ids (`lm.tokenizer.encode(text,
+        special=True)`, or `lm.encode_messages(messages)` for a conversation).
+
         Greedy unless `temperature > 0`. A row ends at any of
         `stop_token_ids` (default: `<eos>` and `<end_of_turn>`; pass `()` to
         never stop early) or `stop` strings, found across token boundaries.
         Neither the stop token nor the stop string is returned. With a seed,
         prompt `i` of a list samples as it would alone with `seed` and
         stream `i`, so rows of one call differ and results repeat.
+        `add_bos` applies to text prompts; ids are used as given.
 
         Returns:
-            A string for a string prompt, a list of strings for a list.
+            A string for one prompt, a list of strings for a list of prompts.
 
         Example:
 
         >>> lm.generate("The capital of France is", max_new_tokens=8)  # doctest: +SKIP
         """
-        single = isinstance(prompt, str)
-        prompts = [prompt] if single else self._check_prompts(prompt)
+        prompts, single = _prompts(prompt)
+        include_prompt = _flag("include_prompt", include_prompt)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
         requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos)
         texts = [""] * len(prompts)
         for event in self._decode(requests):
             texts[event.row] += event.text
         if include_prompt:
-            texts = [p + t for p, t in zip(prompts, texts, strict=True)]
+            texts = [self._prompt_text(p) + t for p, t in zip(prompts, texts, strict=True)]
         return texts[0] if single else texts
 
     def stream(
         self,
-        prompt: str,
+        prompt: Prompt,
         max_new_tokens: int = 64,
         *,
         temperature: float = 0.0,
@@ -145,7 +189,7 @@ class Gemma:
         stop: str | Sequence[str] | None = None,
         add_bos: bool = True,
     ) -> Iterator[str]:
-        """Yields the continuation of `prompt` in pieces as tokens are decoded.
+        """Yields the continuation of one prompt (text or token ids) in pieces as tokens are decoded.
 
         The pieces join to exactly what `generate` returns for the same
         arguments. A multi-byte character split over several tokens comes
@@ -156,11 +200,30 @@ class Gemma:
         >>> for piece in lm.stream("Tell me a story", max_new_tokens=64):  # doctest: +SKIP
         ...     print(piece, end="", flush=True)
         """
-        if not isinstance(prompt, str):
-            raise GenerationArgumentError(f"stream takes one prompt string, got {type(prompt).__name__}.")
+        prompts, single = _prompts(prompt)
+        if not single:
+            raise GenerationArgumentError(
+                "stream takes one prompt (a string or a list of token ids), not a list of prompts."
+            )
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-        requests = self._requests([prompt], max_new_tokens, params, stop_token_ids, stop, add_bos)
+        requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos)
         return (event.text for event in self._decode(requests) if event.text)
+
+    def encode_messages(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of a conversation in the model's chat format, ready for `generate`.
+
+        The format's markers become control tokens; what the messages say
+        is encoded as plain text, so a message cannot forge a turn.
+
+        Example:
+
+        >>> ids = lm.encode_messages([{"role": "user", "content": "Hi"}])  # doctest: +SKIP
+        >>> lm.generate(ids, max_new_tokens=16)  # doctest: +SKIP
+        """
+        add_generation_prompt = _flag("add_generation_prompt", add_generation_prompt)
+        return self.architecture.chat_format.encode(messages, self.tokenizer, add_generation_prompt)
 
     def chat(self, system: str | None = None, **generate_kwargs: Any) -> Chat:
         """Starts a multi-turn conversation in the model's chat format.
@@ -174,7 +237,7 @@ class Gemma:
         >>> chat = lm.chat(system="Answer briefly.")  # doctest: +SKIP
         >>> chat.send("Hi")  # doctest: +SKIP
         """
-        chat = Chat(self.stream, self.architecture.chat_format, system=system, **generate_kwargs)
+        chat = Chat(self.stream, self.encode_messages, system=system, **generate_kwargs)
         if self.info.instruction_tuned is False:
             warnings.warn(NotInstructionTunedWarning(not_instruction_tuned_message(self.info)), stacklevel=2)
         return chat
@@ -191,41 +254,38 @@ class Gemma:
     def _requests(self, prompts, max_new_tokens, params, stop_token_ids, stop, add_bos) -> list[Request]:
         stops = check_stop_strings(stop)
         stop_ids = self._stop_ids(stop_token_ids)
+        add_bos = _flag("add_bos", add_bos)
+        positive_int("max_new_tokens", max_new_tokens, GenerationArgumentError)
         requests = []
-        for i, text in enumerate(prompts):
+        for i, prompt in enumerate(prompts):
             where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
-            if not text:
-                raise GenerationArgumentError(
-                    f"{where} is empty; give at least one character of text to continue."
-                )
-            requests.append(
-                Request(
-                    self.tokenizer.encode(text, add_bos=add_bos), max_new_tokens, params, stop_ids, stops, i
-                )
-            )
+            if isinstance(prompt, str):
+                if not checks.text(where, prompt, GenerationArgumentError):
+                    raise GenerationArgumentError(
+                        f"{where} is empty; give at least one character of text to continue."
+                    )
+                ids = self.tokenizer.encode(prompt, add_bos=add_bos)
+            else:
+                ids = [int(t) for t in prompt]
+            request = Request(ids, int(max_new_tokens), params, stop_ids, stops, i)
+            request.check(self.tokenizer.vocabulary_size, where)
+            requests.append(request)
         return requests
 
-    @staticmethod
-    def _check_prompts(prompts) -> list[str]:
-        if not isinstance(prompts, (list, tuple)) or not prompts:
-            raise GenerationArgumentError(
-                f"prompt must be a non-empty string or a non-empty list of strings, got {prompts!r}."
-            )
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise GenerationArgumentError(f"prompt[{i}] must be a string, got {type(p).__name__}.")
-        return list(prompts)
+    def _prompt_text(self, prompt) -> str:
+        return prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt)
 
     def _stop_ids(self, stop_token_ids) -> frozenset[int]:
         if stop_token_ids is None:
             return frozenset(self.default_stop_ids)
-        if isinstance(stop_token_ids, (int, str)) or not all(
-            isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in stop_token_ids
-        ):
+        if isinstance(stop_token_ids, (str, bytes, Mapping)) or not isinstance(stop_token_ids, Iterable):
             raise GenerationArgumentError(
                 f"stop_token_ids must be a list of integer token ids, got {stop_token_ids!r}."
             )
-        return frozenset(int(i) for i in stop_token_ids)
+        ids = list(stop_token_ids)
+        if not all(checks.is_integer(i) for i in ids):
+            raise GenerationArgumentError(f"stop_token_ids must be a list of integer token ids, got {ids!r}.")
+        return frozenset(int(i) for i in ids)
 
     # --- fine-tuning --------------------------------------------------------------
     def finetune(self, data: Any, config: FinetuneConfig | None = None, **settings: Any) -> FinetuneResult:
@@ -287,7 +347,7 @@ class Gemma:
         scales and quantizes each layer's inputs to int8 on the fly.
         Returns `self`, so `gk.load().quantize("int8")` reads naturally.
         """
-        if mode not in QUANTIZE_MODES:
+        if not isinstance(mode, str) or mode not in QUANTIZE_MODES:
             raise GenerationArgumentError(f"quantize mode must be 'int8', got {mode!r}.")
         if self.info.quantization is not None:
             raise UnsupportedModelError(f"The model is already quantized ({self.info.quantization}).")
@@ -305,20 +365,30 @@ class Gemma:
     # --- lower-level access -----------------------------------------------------
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Next-token logits after `token_ids` (one sequence), as float32 numpy."""
-        if len(token_ids) == 0:
-            raise GenerationArgumentError("token_ids is empty; pass at least one token id.")
-        return next_token_logits(self.runner, token_ids)
+        return next_token_logits(self.runner, self._token_ids(token_ids))
 
     def score(self, token_ids: Sequence[int]) -> np.ndarray:
         """Logits for every position of one sequence, shape `(len, vocab)`."""
         from keras import ops
 
-        ids = np.asarray([token_ids], dtype=np.int32)
+        ids = np.asarray([self._token_ids(token_ids)], dtype=np.int32)
         out = self.causal_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)})
         return np.asarray(ops.convert_to_numpy(ops.cast(out, "float32")))[0]
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
+        """Tokens in `text` as `generate` encodes it (`<bos>` included)."""
+        return len(self.tokenizer.encode(checks.text("text", text, GenerationArgumentError)))
+
+    def _token_ids(self, token_ids) -> list[int]:
+        if isinstance(token_ids, (str, bytes, Mapping)) or not isinstance(token_ids, Iterable):
+            raise GenerationArgumentError(f"token_ids must be a list of token ids, got {token_ids!r}.")
+        ids = list(token_ids)
+        if not ids:
+            raise GenerationArgumentError("token_ids is empty; pass at least one token id.")
+        if not all(checks.is_integer(t) for t in ids):
+            raise GenerationArgumentError(f"token_ids must be a list of integer token ids, got {ids!r}.")
+        Request(ids, 1).check(self.tokenizer.vocabulary_size, "token_ids")
+        return [int(t) for t in ids]
 
     def config(self) -> dict[str, Any]:
         return dict(self.backbone.get_config())

@@ -86,10 +86,10 @@ def cache_files(root: Path) -> list[Path]:
 
 
 def generate_ids(lm, prompts, max_new_tokens, sampling=None, stop_ids=(), add_bos=True) -> list[list[int]]:
-    """Generated token ids of each prompt (stop tokens excluded), through the public decode loop."""
+    """Generated token ids of each prompt (text, or ids as given; stop tokens excluded), through the decode loop."""
     from gemma_keras.generation.decode import generate_ids as decode_ids
 
-    encoded = [lm.tokenizer.encode(p, add_bos=add_bos) for p in prompts]
+    encoded = [lm.tokenizer.encode(p, add_bos=add_bos) if isinstance(p, str) else list(p) for p in prompts]
     return decode_ids(
         lm.runner,
         encoded,

@@ -28,7 +28,7 @@ def _cases(lm, tmp_path):
         (lambda: lm.generate("hi", stop=5), gk.GenerationArgumentError, "stop must be a string"),
         (lambda: lm.generate("hi", stop_token_ids=[-1]), gk.GenerationArgumentError, "stop_token_ids"),
         (lambda: lm.generate(b"hi"), gk.GenerationArgumentError, "prompt"),
-        (lambda: list(lm.stream(["a", "b"])), gk.GenerationArgumentError, "one prompt string"),
+        (lambda: list(lm.stream(["a", "b"])), gk.GenerationArgumentError, "stream takes one prompt"),
         (lambda: list(lm.stream("")), gk.GenerationArgumentError, "prompt is empty"),
         (lambda: lm.chat(system=5), gk.GenerationArgumentError, "system must be a string"),
         (lambda: lm.chat().send(""), gk.GenerationArgumentError, "message is empty"),

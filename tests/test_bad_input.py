@@ -116,7 +116,7 @@ def test_source_of_wrong_type(source):
         gk.load(source)
 
 
-@pytest.mark.parametrize("prompt", ["", [""], ["ok", ""], [], [1], 5, None])
+@pytest.mark.parametrize("prompt", ["", [""], ["ok", ""], [], [-1], [1.5], ["ok", 2.0], 5, None])
 def test_empty_or_wrong_prompt(tiny_model, prompt):
     lm = tiny_model("gemma3")
     with pytest.raises(gk.GenerationArgumentError, match="prompt"):

@@ -10,15 +10,14 @@ from __future__ import annotations
 import pytest
 
 import gemma_keras as gk
-from gemma_keras.architectures.chat_format import render_messages
 from gemma_keras.testing import made_up_fact_records, made_up_facts
 
 pytestmark = pytest.mark.real
 
 
 def _right(lm, pairs) -> list[bool]:
-    prompts = [render_messages([{"role": "user", "content": q}]) for q, _ in pairs]
-    replies = lm.generate(prompts, max_new_tokens=8, add_bos=False)
+    prompts = [lm.encode_messages([{"role": "user", "content": q}]) for q, _ in pairs]
+    replies = lm.generate(prompts, max_new_tokens=8)
     return [r.strip().startswith(a.rstrip(".")) for r, (_, a) in zip(replies, pairs, strict=True)]
 
 

@@ -99,7 +99,9 @@ def test_warm_load_uses_the_cache(real_model):
 @pytest.mark.parity
 def test_tokenizer_ids_match_transformers(real_model, reference):
     for text in TRICKY + PROMPTS:
-        assert real_model.tokenizer.encode(text) == reference["tokenizer"].encode(text), repr(text)
+        assert real_model.tokenizer.encode(text, special=True) == reference["tokenizer"].encode(text), repr(
+            text
+        )
 
 
 @pytest.mark.parity

@@ -128,8 +128,10 @@ def test_chat_keeps_multi_turn_history(tiny_model):
     # The second prompt holds the first exchange, in the template, BOS once.
     expected_prompt = render_messages(chat.messages()[:-1])
     assert expected_prompt.count("<bos>") == 1 and "Be brief.\n\nhello" in expected_prompt
-    assert lm.tokenizer.encode(expected_prompt, add_bos=False).count(lm.tokenizer.bos_id) == 1
-    reply = lm.generate(expected_prompt, max_new_tokens=6, add_bos=False)
+    ids = lm.encode_messages(chat.messages()[:-1])
+    assert ids == lm.tokenizer.encode(expected_prompt, add_bos=False, special=True)
+    assert ids.count(lm.tokenizer.bos_id) == 1
+    reply = lm.generate(ids, max_new_tokens=6)
     assert reply == second
     chat.reset()
     assert chat.history == []
@@ -141,8 +143,8 @@ def test_chat_reply_ends_at_the_default_stop_tokens(tiny_model, monkeypatch):
     assert end_of_turn in lm.default_stop_ids and lm.tokenizer.eos_id in lm.default_stop_ids
     # The tiny model never picks <end_of_turn>, so make one token it does pick
     # a default stop, and check the chat reply ends right before it.
-    prompt = render_messages([{"role": "user", "content": "hello"}])
-    ids = generate_ids(lm, [prompt], 8, gk.SamplingParams(), (), False)[0]
+    prompt = lm.encode_messages([{"role": "user", "content": "hello"}])
+    ids = generate_ids(lm, [prompt], 8, gk.SamplingParams(), ())[0]
     monkeypatch.setattr(lm, "default_stop_ids", (ids[3],))
     reply = lm.chat(max_new_tokens=8).send("hello")
     assert reply == lm.tokenizer.decode(ids[: ids.index(ids[3])])

@@ -51,9 +51,13 @@ def test_round_trip(tokenizer, text):
 
 
 def test_bos_and_control_tokens(tokenizer):
-    ids = tokenizer.encode("<start_of_turn>user")
+    ids = tokenizer.encode("<start_of_turn>user", special=True)
     assert ids[0] == tokenizer.bos_id == 2
     assert ids[1] == tokenizer.token_to_id("<start_of_turn>")
+    # Without special=True (the default), the same text is plain text.
+    literal = tokenizer.encode("<start_of_turn>user", add_bos=False)
+    assert not set(literal) & set(tokenizer._control.values())
+    assert tokenizer.decode(literal) == "<start_of_turn>user"
     # Control tokens are dropped when decoding by default, like skip_special_tokens.
     assert tokenizer.decode(ids) == "user"
     assert tokenizer.token_to_id("<no such piece>") == -1
@@ -71,4 +75,5 @@ def test_ids_match_transformers_gguf_tokenizer(tiny_gguf, tokenizer):
     path, _ = tiny_gguf("gemma3")
     reference = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     for text in TEXTS:
-        assert tokenizer.encode(text) == reference.encode(text), text
+        # transformers parses control tokens in text, as special=True does.
+        assert tokenizer.encode(text, special=True) == reference.encode(text), text

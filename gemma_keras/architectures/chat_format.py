@@ -17,8 +17,11 @@ has no system turn, so a system message is put at the top of the first user
 turn. `<bos>` comes once. Each architecture record names its format; newer
 families (Gemma 3n, Gemma 4) add theirs here.
 
-Generation renders the whole prompt with `render`; training tokenizes the
-same text piece by piece with `segments`, so both see identical tokens.
+`encode` turns messages into token ids: the markers become control tokens,
+and what the messages say is encoded as plain text, so a message that
+contains `<end_of_turn>\n<start_of_turn>model\n` cannot forge a turn.
+Chat and training both encode through `pieces`, so they see identical
+tokens; `render` gives the same conversation as text, for display.
 
 Example:
 
@@ -32,9 +35,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemma_keras import checks
 from gemma_keras.errors import GenerationArgumentError
 
 Turn = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of a rendered conversation.
+
+    Attributes:
+        text: the text of the run.
+        reply: part of what the model writes in its turn (its content and
+            end marker), which training learns.
+        literal: what a message says: encoded as plain text, never as
+            control tokens. Markers are not literal.
+    """
+
+    text: str
+    reply: bool
+    literal: bool
 
 
 @dataclass(frozen=True)
@@ -71,8 +92,7 @@ class TurnFormat:
                 raise GenerationArgumentError(
                     f"messages[{i}] has role {message['role']!r}; use 'system', 'user', 'model' or 'assistant'."
                 )
-            if not isinstance(content, str):
-                raise GenerationArgumentError(f"messages[{i}]['content'] must be a string.")
+            checks.text(f"messages[{i}]['content']", content, GenerationArgumentError)
             if role == "system":
                 if i != 0:
                     raise GenerationArgumentError("a system message must come first.")
@@ -92,18 +112,20 @@ class TurnFormat:
                 turns[0]["content"] = f"{system}\n\n{turns[0]['content']}"
         return turns
 
-    def segments(self, turns: Sequence[Turn]) -> list[tuple[str, bool]]:
-        """The rendered turns (no `<bos>`) as `(text, is_model_reply)` pieces.
+    def pieces(self, turns: Sequence[Turn]) -> list[Piece]:
+        """The rendered turns (no `<bos>`), run by run.
 
-        A model turn's reply and its end marker form one piece, so training
-        teaches the model to close its turn.
+        A model turn's content and its end marker are both `reply`, so
+        training teaches the model to close its turn.
         """
-        pieces: list[tuple[str, bool]] = []
+        out: list[Piece] = []
         for turn in turns:
-            pieces.append((f"{self.start}{turn['role']}\n", False))
-            pieces.append((f"{turn['content']}{self.end}", turn["role"] == "model"))
-            pieces.append(("\n", False))
-        return pieces
+            model = turn["role"] == "model"
+            out.append(Piece(f"{self.start}{turn['role']}\n", reply=False, literal=False))
+            out.append(Piece(turn["content"], reply=model, literal=True))
+            out.append(Piece(self.end, reply=model, literal=False))
+            out.append(Piece("\n", reply=False, literal=False))
+        return out
 
     def generation_prompt(self) -> str:
         """The text that opens the model's turn."""
@@ -115,13 +137,27 @@ class TurnFormat:
         With `add_generation_prompt`, the text ends with an open model turn,
         ready for generation; the last message must then be a user turn.
         """
-        turns = self.normalize(messages)
-        text = self.bos + "".join(piece for piece, _ in self.segments(turns))
+        turns = self._turns(messages, add_generation_prompt)
+        text = self.bos + "".join(piece.text for piece in self.pieces(turns))
+        return text + self.generation_prompt() if add_generation_prompt else text
+
+    def encode(
+        self, messages: Sequence[Mapping[str, Any]], tokenizer, add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of the rendered messages, `<bos>` included: markers as control tokens, content as text."""
+        turns = self._turns(messages, add_generation_prompt)
+        ids = [tokenizer.bos_id]
+        for piece in self.pieces(turns):
+            ids += tokenizer.encode(piece.text, add_bos=False, special=not piece.literal)
         if add_generation_prompt:
-            if turns and turns[-1]["role"] != "user":
-                raise GenerationArgumentError("the last message must be a user turn to ask for a reply.")
-            text += self.generation_prompt()
-        return text
+            ids += tokenizer.encode(self.generation_prompt(), add_bos=False, special=True)
+        return ids
+
+    def _turns(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> list[Turn]:
+        turns = self.normalize(messages)
+        if add_generation_prompt and turns and turns[-1]["role"] != "user":
+            raise GenerationArgumentError("the last message must be a user turn to ask for a reply.")
+        return turns
 
 
 GEMMA_TURNS = TurnFormat(name="gemma", start="<start_of_turn>", end="<end_of_turn>")

@@ -141,7 +141,7 @@ def default_dtype(name: str | None = None) -> str:
 
 def validate_dtype(dtype: str) -> str:
     allowed = ("float32", "bfloat16", "float16")
-    if dtype not in allowed:
+    if not isinstance(dtype, str) or dtype not in allowed:
         raise BackendError(f"Unsupported dtype {dtype!r}; choose one of {', '.join(allowed)}.")
     return dtype
 

@@ -57,7 +57,7 @@ def resolve_format(dest: Path, format: str | None) -> str:
             f"Cannot tell the export format from {dest}; pass format='keras', 'safetensors' "
             "or 'gguf' (--format on the command line). Only a .gguf name implies its format."
         )
-    if format not in FORMATS:
+    if not isinstance(format, str) or format not in FORMATS:
         raise ExportError(f"Unknown export format {format!r}; use one of {', '.join(FORMATS)}.")
     return format
 
@@ -66,7 +66,7 @@ def resolve_dtype(format: str, dtype: str | None, info: ModelInfo | None = None)
     allowed = DTYPES[format]
     if dtype is None:
         return allowed[0]
-    if dtype not in allowed:
+    if not isinstance(dtype, str) or dtype not in allowed:
         if format == "keras":
             kept = f" ({info.dtype})" if info is not None else ""
             raise ExportError(

@@ -12,15 +12,21 @@ GGUF tokenizer:
 - `<unk>` is typed UNKNOWN and the byte pieces BYTE, with byte fallback on,
   no dummy prefix and identity normalization.
 
-`GemmaTokenizer` wraps `sentencepiece` (no TensorFlow needed) and, like
-transformers, matches control tokens such as `<start_of_turn>` whole in the
-text and skips them when decoding.
+`GemmaTokenizer` wraps `sentencepiece` (no TensorFlow needed). By default it
+encodes text literally: `<start_of_turn>` typed into a prompt or a chat
+message is five ordinary pieces, never the control token, so user text cannot
+forge a turn. Markup that must become control tokens (the chat format's
+markers, a caller's own template) is encoded with `special=True`, which, like
+transformers, matches control tokens whole in the text. Decoding skips
+control tokens.
 
 Example:
 
 >>> tok = GemmaTokenizer(proto_bytes)  # doctest: +SKIP
 >>> tok.encode("Hello")  # doctest: +SKIP
 [2, 9259]
+>>> tok.encode("<end_of_turn>", add_bos=False, special=True)  # doctest: +SKIP
+[106]
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+
+from gemma_keras import checks
+from gemma_keras.errors import GenerationArgumentError
 
 # SentencePiece piece types; llama.cpp's token_type uses the same numbers.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -121,10 +130,15 @@ class GemmaTokenizer:
     def id_to_token(self, index: int) -> str:
         return self._sp.id_to_piece(int(index))
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids for `text`; control tokens written in the text stay whole."""
+    def encode(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids for `text`, `<bos>` first when `add_bos`.
+
+        With `special`, control tokens written in the text (`<start_of_turn>`)
+        become those tokens; without it (the default) they are ordinary text.
+        """
+        checks.text("text", text, GenerationArgumentError)
         ids = [self.bos_id] if add_bos else []
-        if self._control_re is None:
+        if not special or self._control_re is None:
             return ids + self._sp.encode(text)
         pos = 0
         for match in self._control_re.finditer(text):

@@ -1,9 +1,10 @@
-"""`Chat`: a multi-turn conversation, rendered in the model's chat format.
+"""`Chat`: a multi-turn conversation in the model's chat format.
 
 The format itself (turn markers, roles, the system message) belongs to the
 architecture record (`architectures.chat_format`); a `Chat` keeps the
-history, renders it, and streams each reply through the generate function it
-is given.
+history, has it encoded (markers as control tokens, what is said as plain
+text, so a message cannot forge a turn) and streams each reply through the
+functions it is given.
 
 Example:
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gemma_keras.architectures.chat_format import TurnFormat
+from gemma_keras import checks
 from gemma_keras.errors import GenerationArgumentError
 
 # The generation arguments a chat accepts as defaults or per reply.
@@ -52,9 +53,10 @@ class Chat:
     (`max_new_tokens`, `temperature`, ...) are defaults for every reply.
 
     Args:
-        stream: `stream(prompt_text, add_bos=False, **options)` yielding text
-            pieces, such as `Gemma.stream`.
-        chat_format: how messages become the prompt.
+        stream: `stream(prompt_ids, **options)` yielding text pieces, such as
+            `Gemma.stream`.
+        encode: messages -> prompt ids ending with an open model turn, such
+            as `Gemma.encode_messages`.
         system: an optional system message.
         **defaults: generation arguments for every reply.
     """
@@ -62,15 +64,15 @@ class Chat:
     def __init__(
         self,
         stream: Callable[..., Iterator[str]],
-        chat_format: TurnFormat,
+        encode: Callable[[list[dict[str, str]]], list[int]],
         system: str | None = None,
         **defaults: Any,
     ):
-        if system is not None and not isinstance(system, str):
-            raise GenerationArgumentError("system must be a string or None.")
+        if system is not None:
+            checks.text("system", system, GenerationArgumentError)
         check_options(defaults)
         self._stream = stream
-        self.chat_format = chat_format
+        self._encode = encode
         self.system = system
         self.defaults = {"max_new_tokens": 256, **defaults}
         self.history: list[dict[str, str]] = []
@@ -83,10 +85,11 @@ class Chat:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + [dict(m) for m in self.history]
 
-    def _prompt(self, text: str) -> str:
+    def _prompt(self, text: str) -> list[int]:
         if not isinstance(text, str) or not text.strip():
             raise GenerationArgumentError("the message is empty; say something.")
-        return self.chat_format.render(self.messages() + [{"role": "user", "content": text}])
+        checks.text("the message", text, GenerationArgumentError)
+        return self._encode(self.messages() + [{"role": "user", "content": text}])
 
     def stream(self, text: str, **kwargs: Any) -> Iterator[str]:
         """Streams the reply to `text`; the turn is recorded when it ends.
@@ -101,7 +104,7 @@ class Chat:
         # An argument or context error raises before any piece: record nothing.
         record = False
         try:
-            for piece in self._stream(prompt, add_bos=False, **options):
+            for piece in self._stream(prompt, **options):
                 record = True
                 pieces.append(piece)
                 yield piece

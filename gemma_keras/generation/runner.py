@@ -75,7 +75,7 @@ def make_runner(causal_lm, arch: Architecture, kind: str | None = None) -> Runne
     Keras layers; `kind="torch"` the plain-torch runner, or an error saying
     why it cannot run.
     """
-    if kind not in (None, *KINDS):
+    if kind is not None and (not isinstance(kind, str) or kind not in KINDS):
         raise GenerationArgumentError(f"runner kind must be one of {KINDS} or None, got {kind!r}.")
     caps = capabilities()
     backbone = causal_lm.backbone

@@ -15,12 +15,12 @@ True
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from gemma_keras.errors import GenerationArgumentError
+from gemma_keras import checks
+from gemma_keras.errors import GenerationArgumentError, GenerationError
 
 
 @dataclass(frozen=True)
@@ -52,42 +52,34 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def _number(name: str, value, kind=float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise GenerationArgumentError(
-            f"{name} must be {'a number' if kind is float else 'an integer'}, got {value!r}."
-        )
-    if kind is float and not math.isfinite(value):
-        raise GenerationArgumentError(f"{name} must be finite, got {value!r}.")
-
-
 def validate(p: SamplingParams) -> None:
-    """Raises `GenerationArgumentError` naming the first bad value."""
-    _number("temperature", p.temperature)
+    """Raises `GenerationArgumentError` naming the first bad value; stores numpy scalars as Python numbers."""
+    error = GenerationArgumentError
+
+    def store(name: str, value) -> None:
+        object.__setattr__(p, name, value)
+
+    store("temperature", checks.finite_number("temperature", p.temperature, error))
     if p.temperature < 0:
-        raise GenerationArgumentError(f"temperature must be >= 0 (0 means greedy), got {p.temperature}.")
+        raise error(f"temperature must be >= 0 (0 means greedy), got {p.temperature}.")
     if p.top_k is not None:
-        _number("top_k", p.top_k, int)
-        if p.top_k < 1:
-            raise GenerationArgumentError(f"top_k must be >= 1, got {p.top_k}.")
+        store("top_k", checks.positive_int("top_k", p.top_k, error))
     if p.top_p is not None:
-        _number("top_p", p.top_p)
+        store("top_p", checks.finite_number("top_p", p.top_p, error))
         if not 0 < p.top_p <= 1:
-            raise GenerationArgumentError(f"top_p must be in (0, 1], got {p.top_p}.")
+            raise error(f"top_p must be in (0, 1], got {p.top_p}.")
     if p.min_p is not None:
-        _number("min_p", p.min_p)
+        store("min_p", checks.finite_number("min_p", p.min_p, error))
         if not 0 <= p.min_p <= 1:
-            raise GenerationArgumentError(f"min_p must be in [0, 1], got {p.min_p}.")
+            raise error(f"min_p must be in [0, 1], got {p.min_p}.")
     if p.repetition_penalty is not None:
-        _number("repetition_penalty", p.repetition_penalty)
+        store("repetition_penalty", checks.finite_number("repetition_penalty", p.repetition_penalty, error))
         if p.repetition_penalty <= 0:
-            raise GenerationArgumentError(
-                f"repetition_penalty must be > 0 (1 means none), got {p.repetition_penalty}."
-            )
+            raise error(f"repetition_penalty must be > 0 (1 means none), got {p.repetition_penalty}.")
     if p.seed is not None:
-        _number("seed", p.seed, int)
-        if p.seed < 0:
-            raise GenerationArgumentError(f"seed must be >= 0, got {p.seed}.")
+        if not checks.is_integer(p.seed) or p.seed < 0:
+            raise error(f"seed must be an integer >= 0, got {p.seed!r}.")
+        store("seed", int(p.seed))
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
@@ -140,20 +132,35 @@ def next_tokens(
     rng: np.random.Generator,
     seen: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Picks one token per row of `logits` (shape `(batch, vocab)`)."""
-    logits = np.asarray(logits, dtype=np.float32)
-    if params.repetition_penalty is not None and seen is not None:
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    if params.greedy:
-        return np.argmax(logits, axis=-1)
-    logits = logits / params.temperature
+    """Picks one token per row of `logits` (shape `(batch, vocab)`).
+
+    The arithmetic is float64, with the largest logit subtracted before the
+    temperature divides: a temperature or penalty near zero then means
+    "almost greedy", never an overflow that would turn every probability
+    into NaN (and every pick into token 0).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    # -inf is a token ruled out; NaN, +inf or a row with nothing left is a broken model.
+    if np.isnan(logits).any() or np.isposinf(logits).any() or not np.isfinite(logits.max(axis=-1)).all():
+        raise GenerationError(
+            "the model produced non-finite logits (NaN or inf), so no token can be picked; "
+            "its weights or its dtype cannot represent this input (try dtype='float32')."
+        )
+    # Overflow to -inf below only rules tokens out, which is what it means.
+    with np.errstate(over="ignore", under="ignore"):
+        if params.repetition_penalty is not None and seen is not None:
+            big = np.finfo(np.float64).max / 4
+            logits = np.clip(apply_repetition_penalty(logits, seen, params.repetition_penalty), -big, big)
+        if params.greedy:
+            return np.argmax(logits, axis=-1)
+        logits = (logits - np.max(logits, axis=-1, keepdims=True)) / params.temperature
     if params.top_k is not None:
         logits = top_k_filter(logits, params.top_k)
     if params.top_p is not None:
         logits = top_p_filter(logits, params.top_p)
     if params.min_p is not None:
         logits = min_p_filter(logits, params.min_p)
-    cdf = np.cumsum(_softmax(logits).astype(np.float64), axis=-1)
+    cdf = np.cumsum(_softmax(logits), axis=-1)
     # Dividing by the last entry makes it exactly 1, so a uniform draw in
     # [0, 1) can never land on a token after the last one with probability.
     cdf /= cdf[:, -1:]

@@ -21,23 +21,30 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from gemma_keras import checks
 from gemma_keras.errors import GenerationArgumentError
 
 REPLACEMENT = "\ufffd"
 
 
-def check_stop_strings(stop: str | Sequence[str] | None) -> tuple[str, ...]:
+def check_stop_strings(stop: str | Iterable[str] | None) -> tuple[str, ...]:
+    """`stop` as a tuple of non-empty strings (any iterable of them), or `GenerationArgumentError`."""
     if stop is None:
         return ()
     if isinstance(stop, str):
         stop = [stop]
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+    if isinstance(stop, (bytes, Mapping)) or not isinstance(stop, Iterable):
+        raise GenerationArgumentError(f"stop must be a string or a list of strings, got {stop!r}.")
+    stop = tuple(stop)
+    if not all(isinstance(s, str) for s in stop):
         raise GenerationArgumentError(f"stop must be a string or a list of strings, got {stop!r}.")
     if any(s == "" for s in stop):
         raise GenerationArgumentError("stop strings must not be empty.")
-    return tuple(stop)
+    for i, s in enumerate(stop):
+        checks.text(f"stop[{i}]", s, GenerationArgumentError)
+    return stop
 
 
 class TextCollector:

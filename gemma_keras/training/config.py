@@ -117,13 +117,13 @@ def check(config: FinetuneConfig) -> None:
     resolve_targets(c.targets)
     if not 0 < _number("learning_rate", c.learning_rate) < 1:
         raise FinetuneError(f"learning_rate must be a number in (0, 1), got {c.learning_rate!r}.")
-    if c.decay not in DECAYS:
+    if not isinstance(c.decay, str) or c.decay not in DECAYS:
         raise FinetuneError(f"decay must be one of {DECAYS}, got {c.decay!r}.")
     if _number("weight_decay", c.weight_decay) < 0:
         raise FinetuneError(f"weight_decay must be >= 0, got {c.weight_decay!r}.")
     if c.warmup_steps is not None and (not is_integer(c.warmup_steps) or c.warmup_steps < 0):
         raise FinetuneError(f"warmup_steps must be an integer >= 0, got {c.warmup_steps!r}.")
-    if c.on_error not in ON_ERROR:
+    if not isinstance(c.on_error, str) or c.on_error not in ON_ERROR:
         raise FinetuneError(f"on_error must be 'raise' or 'skip', got {c.on_error!r}.")
     if not is_integer(c.seed) or c.seed < 0:
         raise FinetuneError(f"seed must be an integer >= 0, got {c.seed!r}.")

@@ -7,10 +7,12 @@ Records come from a JSONL file, a list of dicts, or any iterable of dicts
 - `{"prompt": ..., "response": ...}`: one user turn and one model turn;
 - `{"messages": [{"role": ..., "content": ...}, ...]}`: a conversation.
 
-Turns are rendered with the model's chat format (`TurnFormat.segments`, the
-same text `chat()` renders) and tokenized segment by segment, exactly as
-generation sees them: the prompt up to `<start_of_turn>model\\n`, then the
-reply. With `mask_prompt` (the default) the loss covers only the
+Turns are rendered with the model's chat format (`TurnFormat.pieces`, as
+`chat()` encodes them) and tokenized piece by piece, exactly as generation
+sees them: the prompt up to `<start_of_turn>model\\n`, then the reply. What
+the messages say is encoded as plain text, so a message cannot write a
+control token; a `{"text"}` record is the caller's own template, and control
+tokens written in it (`<start_of_turn>`) do become control tokens. With `mask_prompt` (the default) the loss covers only the
 model's replies and their `<end_of_turn>`.
 
 Batches are plain numpy, so no backend needs TensorFlow for its data. Each
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from gemma_keras import checks
 from gemma_keras.architectures.chat_format import GEMMA_TURNS, TurnFormat
 from gemma_keras.buckets import bucket
 from gemma_keras.errors import DataError, GenerationArgumentError
@@ -74,7 +77,7 @@ def iter_records(
     A malformed JSONL line raises a `DataError` naming the file and line, or,
     with `on_error="skip"`, is counted in `stats.skipped` and passed over.
     """
-    if on_error not in ("raise", "skip"):
+    if not isinstance(on_error, str) or on_error not in ("raise", "skip"):
         raise DataError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
     stats = stats if stats is not None else DataStats()
     if isinstance(data, (str, os.PathLike)):
@@ -99,7 +102,8 @@ def _iter_jsonl(path: Path, on_error: str, stats: DataStats, chat_format: TurnFo
         for number, raw in enumerate(f, start=1):
             where = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8")
+                # A byte-order mark starts files some Windows editors save.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 _skip_or_raise(DataError(f"{where}: not valid UTF-8 ({exc.reason})."), on_error, stats)
                 continue
@@ -140,6 +144,7 @@ def _check_record(record: Any, where: str, chat_format: TurnFormat) -> dict:
         for key in ("prompt", "response"):
             if not isinstance(record.get(key), str):
                 raise DataError(f"{where}: {key!r} must be a string.")
+            checks.text(f"{where}: {key!r}", record[key], DataError)
         return {
             "messages": [
                 {"role": "user", "content": record["prompt"]},
@@ -149,6 +154,7 @@ def _check_record(record: Any, where: str, chat_format: TurnFormat) -> dict:
     if "text" in record:
         if not isinstance(record["text"], str) or not record["text"]:
             raise DataError(f"{where}: 'text' must be a non-empty string.")
+        checks.text(f"{where}: 'text'", record["text"], DataError)
         return {"text": record["text"]}
     keys = ", ".join(sorted(map(str, record))) or "none"
     raise DataError(
@@ -161,19 +167,16 @@ def encode_record(
 ) -> Example:
     """Token ids and loss mask for one checked record (see `iter_records`)."""
     if "text" in record:
-        ids = tokenizer.encode(record["text"], add_bos=True) + [tokenizer.eos_id]
+        ids = tokenizer.encode(record["text"], add_bos=True, special=True) + [tokenizer.eos_id]
         mask = [0] + [1] * (len(ids) - 1)
         return Example(np.asarray(ids, np.int32), np.asarray(mask, np.int8))
     ids = [tokenizer.bos_id]
     mask = [0]
 
-    def add(text: str, train: bool) -> None:
-        piece = tokenizer.encode(text, add_bos=False)
-        ids.extend(piece)
-        mask.extend([1 if train or not mask_prompt else 0] * len(piece))
-
-    for text, reply in chat_format.segments(record["messages"]):
-        add(text, reply)
+    for piece in chat_format.pieces(record["messages"]):
+        encoded = tokenizer.encode(piece.text, add_bos=False, special=not piece.literal)
+        ids.extend(encoded)
+        mask.extend([1 if piece.reply or not mask_prompt else 0] * len(encoded))
     return Example(np.asarray(ids, np.int32), np.asarray(mask, np.int8))
 
 
