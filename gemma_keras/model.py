@@ -328,7 +328,9 @@ class Gemma:
         """Saves a KerasHub preset directory, with any LoRA merged into the weights.
 
         `keras_hub.models.Gemma3CausalLM.from_preset(path)` (`GemmaCausalLM`
-        for Gemma 1 and 2) and `gemma_keras.load(path)` both load it.
+        for Gemma 1 and 2) and `gemma_keras.load(path)` both load it. An
+        existing `path` is replaced only with `overwrite=True`, and only when
+        it is a preset gemma_keras saved; see `export`.
 
         Example:
 
@@ -349,9 +351,17 @@ class Gemma:
 
         The format follows a `.gguf` destination, otherwise pass it. `dtype`:
         safetensors `"f32"` (default) or `"f16"`; gguf `"f16"` (default),
-        `"f32"` or `"q8_0"`. The destination appears whole or not at all;
-        an existing one is only replaced with `overwrite=True`. See
-        docs/export.md.
+        `"f32"` or `"q8_0"`. The destination appears whole or not at all.
+
+        An existing destination is replaced only with `overwrite=True`, and
+        only when it is gemma_keras's own export of the same format (a
+        directory whose `gemma_keras.json` names that format and lists all
+        it holds, or a GGUF file with the `gemma_keras.export` key).
+        Anything else there (a directory of your files, a GGUF from
+        elsewhere, a file where a directory goes or the reverse, a symlink,
+        a device) raises `ExportError` naming it and is left untouched, as
+        is a parent that is a file or read-only; all of this is checked
+        before anything is written. See docs/export.md.
 
         Example:
 

@@ -7,9 +7,14 @@ guarantees are listed in docs/export.md#crash-safety.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
+import re
+import shutil
+import stat
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -17,21 +22,257 @@ import gemma_keras as gk
 from gemma_keras.formats import staging as export_mod
 from tests.test_export import fresh, leftovers
 
-# --- destinations -----------------------------------------------------------------------------
+# The module (gemma_keras.formats re-exports its `export` function under the same name).
+export_module = importlib.import_module("gemma_keras.formats.export")
+
+# --- destinations ---------------------------------------------------------------------------
 FORMATS = {"keras": "preset", "safetensors": "hf", "gguf": "m.gguf"}
+# Our own export of another kind: a directory of the other directory format, a file where a
+# directory goes, and a directory where a file goes.
+OTHER_KIND = {"keras": "safetensors", "safetensors": "gguf", "gguf": "keras"}
+SETUPS = (
+    "user_dir",
+    "user_file",
+    "foreign_gguf",
+    "symlink",
+    "ours_plus_user_file",
+    "other_kind",
+    "same_kind",
+)
 
 
-@pytest.mark.parametrize("format", FORMATS)
-def test_existing_destination_needs_overwrite(tiny_model, tmp_path, format):
+@pytest.fixture(scope="module")
+def own_exports(tiny_model, tmp_path_factory):
+    """One export of each format, from the gemma2 model; tests copy them (copies stay ours)."""
+    root = tmp_path_factory.mktemp("own")
+    lm = tiny_model("gemma2")
+    return {fmt: lm.export(root / name, format=fmt) for fmt, name in FORMATS.items()}
+
+
+def _place(own, fmt: str, dest: Path) -> None:
+    source = own[fmt]
+    if source.is_dir():
+        shutil.copytree(source, dest, symlinks=True)
+    else:
+        shutil.copy2(source, dest)
+
+
+def snapshot(path: Path) -> dict:
+    """Everything at `path`, links not followed: names, types, modes, bytes, link targets."""
+    found = {}
+    inside = sorted(path.rglob("*")) if path.is_dir() and not path.is_symlink() else []
+    for p in [path, *inside]:
+        st = os.lstat(p)
+        rel = p.relative_to(path).as_posix()
+        if stat.S_ISLNK(st.st_mode):
+            found[rel] = ("link", os.readlink(p))
+        elif stat.S_ISREG(st.st_mode):
+            found[rel] = ("file", st.st_mode, p.read_bytes())
+        else:
+            found[rel] = ("other", st.st_mode)
+    return found
+
+
+def _arrange(setup: str, fmt: str, dest: Path, own, tiny_gguf) -> list[Path]:
+    """Puts `setup` at `dest`; returns the paths whose contents must survive a refusal."""
+    if setup == "user_dir":
+        (dest / "sub").mkdir(parents=True)
+        (dest / "notes.txt").write_text("my notes")
+        (dest / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    elif setup == "user_file":
+        dest.write_bytes(b"my own bytes\n")
+    elif setup == "foreign_gguf":  # a valid Gemma GGUF that gemma_keras did not write
+        shutil.copy2(tiny_gguf("gemma3")[0], dest)
+    elif setup == "symlink":  # even a link to our own export of the same kind
+        target = dest.parent / "target"
+        _place(own, fmt, target)
+        dest.symlink_to(target)
+        return [dest, target]
+    elif setup == "ours_plus_user_file":  # our export, and a file the user added to it
+        if fmt == "gguf":
+            _place(own, "keras", dest)
+        else:
+            _place(own, fmt, dest)
+        (dest / "my-notes.txt").write_text("mine")
+    elif setup == "other_kind":
+        _place(own, OTHER_KIND[fmt], dest)
+    else:
+        _place(own, fmt, dest)
+    return [dest]
+
+
+def _exported_architecture(dest: Path) -> str:
+    if dest.is_dir():
+        return json.loads((dest / "gemma_keras.json").read_text())["architecture"]
+    from gguf import GGUFReader
+
+    return GGUFReader(dest).fields["general.architecture"].contents()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("setup", SETUPS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_only_our_own_export_of_the_same_kind_is_ever_replaced(
+    tiny_model, tiny_gguf, own_exports, tmp_path, monkeypatch, fmt, setup, overwrite
+):
+    dest = tmp_path / FORMATS[fmt]
+    kept = _arrange(setup, fmt, dest, own_exports, tiny_gguf)
+    before = {p: snapshot(p) for p in kept}
+    writes = []
+    writer = export_module._WRITERS[fmt]
+    monkeypatch.setitem(export_module._WRITERS, fmt, lambda *a: writes.append(a) or writer(*a))
     lm = tiny_model("gemma3")
-    dest = tmp_path / FORMATS[format]
-    dest.mkdir() if format != "gguf" else dest.write_text("keep me")
-    with pytest.raises(gk.ExportError, match="overwrite=True") as info:
-        lm.export(dest, format=format)
-    assert str(dest) in str(info.value) and "--overwrite" in str(info.value)
-    assert dest.exists() and not leftovers(tmp_path, dest.name)
-    lm.export(dest, format=format, overwrite=True)
-    assert gk.load(dest).info.architecture == "gemma3"
+    if setup == "same_kind" and overwrite:
+        assert lm.export(dest, format=fmt, overwrite=True) == dest
+        assert _exported_architecture(dest) == "gemma3"  # was gemma2's
+        assert gk.load(dest).info.architecture == "gemma3"
+    else:
+        with pytest.raises(gk.ExportError) as info:
+            lm.export(dest, format=fmt, overwrite=overwrite)
+        message = str(info.value)
+        assert str(dest) in message
+        if setup == "same_kind":  # ours: it only needs overwrite=True
+            assert "already exists" in message and "overwrite=True" in message
+        else:  # not ours: overwrite=True would not help, so it is not offered
+            assert "left untouched" in message and "remove" in message
+            assert "pass overwrite=True" not in message
+        assert writes == []  # refused before any work
+        assert {p: snapshot(p) for p in kept} == before
+    assert not leftovers(tmp_path, dest.name)
+
+
+@pytest.mark.parametrize(
+    "setup, described",
+    [
+        ("user_dir", "a directory holding 2 entries ('notes.txt', 'sub')"),
+        ("user_file", "a file of 13 bytes"),
+        ("foreign_gguf", "a GGUF file not written by gemma_keras"),
+        ("symlink", "a symbolic link"),
+        ("other_kind", "a Keras preset written by gemma_keras"),
+    ],
+)
+def test_a_refusal_says_what_is_there(tiny_model, tiny_gguf, own_exports, tmp_path, setup, described):
+    dest = tmp_path / "m.gguf"
+    _arrange(setup, "gguf", dest, own_exports, tiny_gguf)
+    with pytest.raises(gk.ExportError, match=re.escape(described)):
+        tiny_model("gemma3").export(dest, overwrite=True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_pipe_at_the_destination_is_refused_unopened(tiny_model, tmp_path, fmt):
+    dest = tmp_path / FORMATS[fmt]
+    os.mkfifo(dest)  # opening it to read would block: the check must only lstat it
+    with pytest.raises(gk.ExportError, match="device, pipe or socket"):
+        tiny_model("gemma3").export(dest, format=fmt, overwrite=True)
+    assert stat.S_ISFIFO(os.lstat(dest).st_mode)
+
+
+def test_an_export_from_before_manifest_kinds_is_still_ours(tiny_model, own_exports, tmp_path):
+    dest = tmp_path / "preset"
+    _place(own_exports, "keras", dest)
+    manifest = json.loads((dest / "gemma_keras.json").read_text())
+    del manifest["kind"]
+    (dest / "gemma_keras.json").write_text(json.dumps(manifest))
+    tiny_model("gemma3").save(dest, overwrite=True)
+    assert _exported_architecture(dest) == "gemma3"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_parent_that_is_a_file_is_refused_before_the_work(tiny_model, tmp_path, fmt):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    dest = blocker / "sub" / FORMATS[fmt]
+    with pytest.raises(
+        gk.ExportError, match=f"{re.escape(str(blocker))} is a file of 4 bytes, not a directory"
+    ):
+        tiny_model("gemma3").export(dest, format=fmt)
+    assert blocker.read_text() == "mine" and sorted(tmp_path.iterdir()) == [blocker]
+
+
+def test_missing_parents_are_created(tiny_model, tmp_path):
+    dest = tiny_model("gemma3").export(tmp_path / "a" / "b" / "m.gguf")
+    assert dest.is_file()
+
+
+def _make_unwritable(path: Path, monkeypatch, how: str) -> None:
+    """chmod (skipped where it has no effect: running as root), or a simulated read-only directory."""
+    if how == "chmod":
+        path.chmod(0o555)
+        if os.access(path, os.W_OK):
+            path.chmod(0o755)
+            pytest.skip("chmod does not stop this user (root) from writing")
+        return
+    real = os.access
+
+    def access(p, mode, *args, **kwargs):
+        if Path(p) == path and mode & os.W_OK:
+            return False
+        return real(p, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("how", ["chmod", "simulated"])
+def test_an_unwritable_parent_is_refused_before_the_work(tiny_model, tmp_path, monkeypatch, how):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    _make_unwritable(parent, monkeypatch, how)
+    try:
+        with pytest.raises(gk.ExportError, match="cannot be written to") as info:
+            tiny_model("gemma3").export(parent / "m.gguf")
+        assert str(parent) in str(info.value)
+        assert list(parent.iterdir()) == []
+    finally:
+        parent.chmod(0o755)
+
+
+def test_the_destination_is_checked_again_before_it_is_replaced(
+    tiny_model, own_exports, tmp_path, monkeypatch
+):
+    """Something the user puts at the destination while the export runs is never replaced."""
+    dest = tmp_path / "preset"
+    _place(own_exports, "keras", dest)
+    writer = export_module._WRITERS["keras"]
+
+    def meanwhile(*args):
+        writer(*args)
+        shutil.rmtree(dest)
+        dest.mkdir()
+        (dest / "notes.txt").write_text("written while exporting")
+
+    monkeypatch.setitem(export_module._WRITERS, "keras", meanwhile)
+    with pytest.raises(gk.ExportError, match="left untouched"):
+        tiny_model("gemma3").save(dest, overwrite=True)
+    assert (dest / "notes.txt").read_text() == "written while exporting"
+    assert sorted(p.name for p in dest.iterdir()) == ["notes.txt"]
+    assert not leftovers(tmp_path, dest.name)
+
+
+@pytest.mark.parametrize("atomic_swap", [True, False])
+def test_what_appears_after_the_last_check_is_put_back(
+    tiny_model, own_exports, tmp_path, monkeypatch, atomic_swap
+):
+    """The narrowest race: replaced between the last check and the swap. The swap is undone."""
+    dest = tmp_path / "m.gguf"
+    _place(own_exports, "gguf", dest)
+    real_check = export_mod.check_destination
+    calls = []
+
+    def check(*args, **kwargs):  # staged checks on entry, and again just before publishing...
+        calls.append(1)
+        result = real_check(*args, **kwargs)
+        if len(calls) == 2:  # ...where our export passes, and then the user's file takes its place
+            dest.unlink()
+            dest.write_bytes(b"the user's file")
+        return result
+
+    monkeypatch.setattr(export_mod, "check_destination", check)
+    if not atomic_swap:
+        monkeypatch.setattr(export_mod, "_renameat2", lambda src, dst, flags: False)
+    with pytest.raises(gk.ExportError, match="replaced by something else"):
+        tiny_model("gemma3").export(dest, overwrite=True)
+    assert len(calls) == 2
+    assert dest.read_bytes() == b"the user's file"
     assert not leftovers(tmp_path, dest.name)
 
 
@@ -56,7 +297,7 @@ def _fail_partway(monkeypatch, format):
     else:
         from gemma_keras.formats import keras_preset
 
-        def write_manifest(entry, info):  # runs after the preset is written
+        def write_manifest(entry, info, kind=None):  # runs after the preset is written
             assert (entry / "model.weights.h5").exists()
             raise enospc
 
