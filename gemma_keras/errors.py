@@ -50,7 +50,7 @@ class DataError(GemmaKerasError, ValueError):
 
 
 class FinetuneError(GemmaKerasError, ValueError):
-    """A fine-tuning argument, adapter file or checkpoint is invalid."""
+    """A fine-tuning argument, adapter file or checkpoint is invalid, or cannot be written where asked."""
 
 
 class DistributionError(GemmaKerasError, ValueError):

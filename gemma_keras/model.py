@@ -238,7 +238,10 @@ class Gemma:
             **settings: `FinetuneConfig` fields that override `config`
                 (`lora_rank=8, epochs=3, out_dir="run/"`, ...).
 
-        Bad settings raise `FinetuneError` before the model changes.
+        Bad settings raise `FinetuneError` before the model changes; so does
+        an `out_dir` that cannot take the run (a file, a read-only
+        directory, a parent that is a file, an `adapters.npz` there that
+        gemma_keras did not write). A missing `out_dir` is created.
 
         Example:
 
@@ -256,7 +259,13 @@ class Gemma:
             self._new_runner()  # LoRA layers changed the variables, however training ended
 
     def save_adapters(self, path: str | os.PathLike) -> Path:
-        """Writes the LoRA factors alone to `path` (`.npz`), atomically."""
+        """Writes the LoRA factors alone to `path` (`.npz`), atomically. Returns the path.
+
+        An adapter file gemma_keras wrote there before is replaced; a
+        directory at `path`, any other file, or a parent that is a file or
+        read-only raise `FinetuneError` naming the path, and nothing is
+        written. A full disk is a `FinetuneError` too, with no partial file left.
+        """
         return lora.save_adapters(self.backbone, path)
 
     def load_adapters(self, path: str | os.PathLike) -> Gemma:

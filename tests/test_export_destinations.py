@@ -16,11 +16,15 @@ import stat
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gemma_keras as gk
+from gemma_keras.errors import FinetuneError
 from gemma_keras.formats import staging as export_mod
+from gemma_keras.training.lora import lora_layers
 from tests.test_export import fresh, leftovers
+from tests.test_finetune import FAST, RECORDS
 
 # The module (gemma_keras.formats re-exports its `export` function under the same name).
 export_module = importlib.import_module("gemma_keras.formats.export")
@@ -442,3 +446,167 @@ def test_a_model_gguf_cannot_describe_is_refused(tiny_gguf, tmp_path, monkeypatc
     with pytest.raises(gk.ExportError, match=message):
         lm.export(tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- fine-tuning's out_dir and save_adapters: the same policy ---------------------------------
+def _untrained(tiny_gguf):
+    return gk.load(tiny_gguf("gemma3")[0])  # a model of its own: fine-tuning changes it
+
+
+def _tree(root: Path) -> dict:
+    return {p: snapshot(p) for p in [root, *sorted(root.rglob("*"))] if not p.is_symlink()}
+
+
+@pytest.mark.parametrize(
+    "case", ["a_file", "under_a_file", "adapters_is_a_dir", "foreign_adapters", "symlink"]
+)
+def test_a_bad_out_dir_fails_before_the_model_changes(tiny_gguf, tmp_path, case):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    out_dir, named = {
+        "a_file": (blocker, blocker),
+        "under_a_file": (blocker / "run", blocker),
+        "adapters_is_a_dir": (tmp_path / "run", tmp_path / "run" / "adapters.npz"),
+        "foreign_adapters": (tmp_path / "run", tmp_path / "run" / "adapters.npz"),
+        "symlink": (tmp_path / "link", tmp_path / "link"),
+    }[case]
+    if case == "adapters_is_a_dir":
+        (named / "kept").mkdir(parents=True)
+    elif case == "foreign_adapters":
+        named.parent.mkdir()
+        np.savez(named, mine=np.arange(3))
+    elif case == "symlink":  # a link to a file (a link to a directory is a fine out_dir)
+        out_dir.symlink_to(blocker)
+    before = _tree(tmp_path)
+    lm = _untrained(tiny_gguf)
+    with pytest.raises(FinetuneError) as info:
+        lm.finetune(RECORDS, max_steps=1, out_dir=out_dir, **FAST)
+    assert str(named) in str(info.value)
+    assert lora_layers(lm.backbone) == []  # the model did not change
+    assert _tree(tmp_path) == before
+
+
+def test_out_dir_is_checked_before_the_data_is_read(tiny_gguf, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    lm = _untrained(tiny_gguf)
+    with pytest.raises(FinetuneError, match="not a directory"):  # not the DataError the records give
+        lm.finetune([{"no": "fields we know"}], out_dir=blocker, **FAST)
+    assert lora_layers(lm.backbone) == []
+
+
+@pytest.mark.parametrize("exists", [True, False])
+@pytest.mark.parametrize("how", ["chmod", "simulated"])
+def test_an_unwritable_out_dir_fails_before_the_model_changes(tiny_gguf, tmp_path, monkeypatch, how, exists):
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    out_dir = readonly if exists else readonly / "run"
+    _make_unwritable(readonly, monkeypatch, how)
+    lm = _untrained(tiny_gguf)
+    try:
+        with pytest.raises(FinetuneError, match="cannot be written to") as info:
+            lm.finetune(RECORDS, max_steps=1, out_dir=out_dir, **FAST)
+        assert str(readonly) in str(info.value)
+        assert list(readonly.iterdir()) == []
+    finally:
+        readonly.chmod(0o755)
+    assert lora_layers(lm.backbone) == []
+
+
+def test_an_out_dir_that_exists_needs_only_itself_writable(tmp_path, monkeypatch):
+    from gemma_keras.training.checkpoints import check_run_directory
+
+    parent = tmp_path / "ro"
+    (parent / "run").mkdir(parents=True)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # a link to a directory: written into
+    _make_unwritable(parent, monkeypatch, "simulated")
+    assert check_run_directory(parent / "run") == parent / "run"
+    assert check_run_directory(tmp_path / "link") == tmp_path / "link"
+    with pytest.raises(FinetuneError, match="cannot be written to"):
+        check_run_directory(parent / "new-run")
+
+
+def test_a_missing_out_dir_and_its_parents_are_created(tiny_gguf, tmp_path):
+    out_dir = tmp_path / "a" / "b" / "run"
+    _untrained(tiny_gguf).finetune(RECORDS[:4], max_steps=1, out_dir=out_dir, **FAST)
+    assert (out_dir / "adapters.npz").is_file() and len(list((out_dir / "checkpoints").iterdir())) == 1
+
+
+def _no_space(file, **arrays):
+    file.write(b"\0" * 100)  # part of the archive
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_while_checkpointing_is_a_finetune_error(tiny_gguf, tmp_path, monkeypatch):
+    from gemma_keras.training import lora
+
+    monkeypatch.setattr(lora.np, "savez", _no_space)
+    run = tmp_path / "run"
+    with pytest.raises(FinetuneError, match="No space left") as info:
+        _untrained(tiny_gguf).finetune(RECORDS[:4], max_steps=1, out_dir=run, **FAST)
+    assert str(run / "checkpoints" / "step-00000001.npz") in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+    assert [p for p in run.rglob("*") if p.is_file()] == []  # no half-written file, no temporary
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_gguf):
+    lm = gk.load(tiny_gguf("gemma3")[0])
+    lm.finetune(RECORDS[:4], max_steps=1, **FAST)
+    return lm
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["a_dir", "npz_is_a_dir", "under_a_file", "foreign_file", "symlink", "read_only", "read_only_chmod"],
+)
+def test_save_adapters_refuses_what_it_cannot_write(adapted, tmp_path, monkeypatch, case):
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    path, named = tmp_path / "adapters.npz", tmp_path / "adapters.npz"
+    if case == "a_dir":
+        path = named = tmp_path / "adapters"
+        (path / "kept").mkdir(parents=True)
+    elif case == "npz_is_a_dir":
+        (path / "kept").mkdir(parents=True)
+    elif case == "under_a_file":
+        path, named = blocker / "adapters.npz", blocker
+    elif case == "foreign_file":
+        np.savez(path, mine=np.arange(3))
+    elif case == "symlink":
+        path.symlink_to(blocker)
+    else:
+        path = tmp_path / "ro" / "adapters.npz"
+        path.parent.mkdir()
+        named = path.parent
+        _make_unwritable(path.parent, monkeypatch, "chmod" if case == "read_only_chmod" else "simulated")
+    before = _tree(tmp_path)
+    try:
+        with pytest.raises(FinetuneError) as info:
+            adapted.save_adapters(path)
+        assert str(named) in str(info.value)
+        assert _tree(tmp_path) == before
+    finally:
+        if (tmp_path / "ro").exists():
+            (tmp_path / "ro").chmod(0o755)
+
+
+def test_save_adapters_replaces_our_own_file_and_survives_a_full_disk(
+    adapted, tiny_gguf, tmp_path, monkeypatch
+):
+    from gemma_keras.training import lora
+
+    path = tmp_path / "adapters.npz"
+    lora.write_npz(path, {"old": np.zeros(3)}, {"format": lora.FORMAT, "kind": "adapters"})
+    assert adapted.save_adapters(path) == path  # ours: replaced
+    ids = adapted.tokenizer.encode("question 2")
+    np.testing.assert_allclose(
+        _untrained(tiny_gguf).load_adapters(path).logits(ids), adapted.logits(ids), atol=1e-5
+    )
+    saved = path.read_bytes()
+    monkeypatch.setattr(lora.np, "savez", _no_space)
+    with pytest.raises(FinetuneError, match="No space left") as info:
+        adapted.save_adapters(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == saved and sorted(tmp_path.iterdir()) == [path]

@@ -162,7 +162,10 @@ def _finetune_config(args: argparse.Namespace):
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from gemma_keras.training.checkpoints import check_run_directory
+
     config = _finetune_config(args)
+    check_run_directory(config.out_dir)  # before the slow load
     lm = _load(args, args.model, args.dtype)
     result = lm.finetune(args.data, config)
     skipped = f", {result.data.skipped} bad records skipped" if result.data.skipped else ""
