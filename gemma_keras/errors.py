@@ -54,7 +54,7 @@ class DataError(GemmaKerasError, ValueError):
 
 
 class FinetuneError(GemmaKerasError, ValueError):
-    """A fine-tuning argument, adapter file or checkpoint is invalid."""
+    """A fine-tuning argument, adapter file or checkpoint is invalid, or cannot be written where asked."""
 
 
 class DistributionError(GemmaKerasError, ValueError):
@@ -65,7 +65,9 @@ class ExportError(GemmaKerasError):
     """A model cannot be exported as asked, or its destination could not be written.
 
     Nothing is ever left at the destination when this is raised: exports are
-    written beside it and renamed into place only once complete.
+    written beside it and renamed into place only once complete. What was
+    there before is unchanged, and is only ever replaced when it is our own
+    export of the same format.
     """
 
 

@@ -298,7 +298,10 @@ class Gemma:
             **settings: `FinetuneConfig` fields that override `config`
                 (`lora_rank=8, epochs=3, out_dir="run/"`, ...).
 
-        Bad settings raise `FinetuneError` before the model changes.
+        Bad settings raise `FinetuneError` before the model changes; so does
+        an `out_dir` that cannot take the run (a file, a read-only
+        directory, a parent that is a file, an `adapters.npz` there that
+        gemma_keras did not write). A missing `out_dir` is created.
 
         Example:
 
@@ -316,7 +319,13 @@ class Gemma:
             self._new_runner()  # LoRA layers changed the variables, however training ended
 
     def save_adapters(self, path: str | os.PathLike) -> Path:
-        """Writes the LoRA factors alone to `path` (`.npz`), atomically."""
+        """Writes the LoRA factors alone to `path` (`.npz`), atomically. Returns the path.
+
+        An adapter file gemma_keras wrote there before is replaced; a
+        directory at `path`, any other file, or a parent that is a file or
+        read-only raise `FinetuneError` naming the path, and nothing is
+        written. A full disk is a `FinetuneError` too, with no partial file left.
+        """
         return lora.save_adapters(self.backbone, path)
 
     def load_adapters(self, path: str | os.PathLike) -> Gemma:
@@ -398,7 +407,9 @@ class Gemma:
         """Saves a KerasHub preset directory, with any LoRA merged into the weights.
 
         `keras_hub.models.Gemma3CausalLM.from_preset(path)` (`GemmaCausalLM`
-        for Gemma 1 and 2) and `gemma_keras.load(path)` both load it.
+        for Gemma 1 and 2) and `gemma_keras.load(path)` both load it. An
+        existing `path` is replaced only with `overwrite=True`, and only when
+        it is a preset gemma_keras saved; see `export`.
 
         Example:
 
@@ -419,9 +430,17 @@ class Gemma:
 
         The format follows a `.gguf` destination, otherwise pass it. `dtype`:
         safetensors `"f32"` (default) or `"f16"`; gguf `"f16"` (default),
-        `"f32"` or `"q8_0"`. The destination appears whole or not at all;
-        an existing one is only replaced with `overwrite=True`. See
-        docs/export.md.
+        `"f32"` or `"q8_0"`. The destination appears whole or not at all.
+
+        An existing destination is replaced only with `overwrite=True`, and
+        only when it is gemma_keras's own export of the same format (a
+        directory whose `gemma_keras.json` names that format and lists all
+        it holds, or a GGUF file with the `gemma_keras.export` key).
+        Anything else there (a directory of your files, a GGUF from
+        elsewhere, a file where a directory goes or the reverse, a symlink,
+        a device) raises `ExportError` naming it and is left untouched, as
+        is a parent that is a file or read-only; all of this is checked
+        before anything is written. See docs/export.md.
 
         Example:
 

@@ -162,7 +162,10 @@ def _finetune_config(args: argparse.Namespace):
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from gemma_keras.training.checkpoints import check_run_directory
+
     config = _finetune_config(args)
+    check_run_directory(config.out_dir)  # before the slow load
     lm = _load(args, args.model, args.dtype)
     result = lm.finetune(args.data, config)
     skipped = f", {result.data.skipped} bad records skipped" if result.data.skipped else ""
@@ -177,11 +180,12 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from gemma_keras.formats.export import resolve_dtype, resolve_format
+    from gemma_keras.formats.export import check_export_destination, resolve_dtype, resolve_format
 
-    # Check the arguments before the slow load.
+    # Check the arguments and the destination before the slow load.
     fmt = resolve_format(Path(args.to), args.format)
     resolve_dtype(fmt, args.dtype)
+    check_export_destination(args.to, fmt, args.overwrite)
     lm = _load(args, args.source)
     print(f"[gemma-keras] writing {fmt}...", file=sys.stderr, flush=True)
     print(lm.export(args.to, format=fmt, dtype=args.dtype, overwrite=args.overwrite))

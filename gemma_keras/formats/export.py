@@ -2,7 +2,13 @@
 
 `export(causal_lm, tokenizer, info, dest, ...)` picks the writer and the
 dtype, and `staging.staged` makes the destination appear whole or not at
-all.
+all. The destination is checked before anything is written
+(`check_export_destination`): an existing one is replaced only with
+`overwrite=True` and only when it is our own export of the same format
+(a preset or checkpoint directory whose `gemma_keras.json` names that
+format, a GGUF file with our `gemma_keras.export` key). A user's files, a
+GGUF from elsewhere, a directory where a file goes or the reverse, a symlink
+or a device raise `ExportError` and are left untouched.
 
 Example:
 
@@ -18,16 +24,19 @@ import os
 from pathlib import Path
 
 from gemma_keras.errors import ExportError
+from gemma_keras.formats import gguf_writer, hf_checkpoint, keras_preset
 from gemma_keras.formats.gguf_writer import write_gguf
 from gemma_keras.formats.hf_checkpoint import write_hf_checkpoint
 from gemma_keras.formats.keras_preset import write_keras_preset
 from gemma_keras.formats.model_info import ModelInfo
-from gemma_keras.formats.staging import staged
+from gemma_keras.formats.staging import check_destination, staged
 
 FORMATS = ("keras", "safetensors", "gguf")
 # The first dtype of each format is its default.
 DTYPES = {"keras": (None,), "safetensors": ("f32", "f16"), "gguf": ("f16", "f32", "q8_0")}
 _WRITERS = {"keras": write_keras_preset, "safetensors": write_hf_checkpoint, "gguf": write_gguf}
+# What each format writes, and how to recognise an earlier export of it.
+KINDS = {"keras": keras_preset.KIND, "safetensors": hf_checkpoint.KIND, "gguf": gguf_writer.KIND}
 
 
 def export(
@@ -39,14 +48,30 @@ def export(
     dtype: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes the model to `dest`; see `Gemma.export`. Returns the destination path."""
+    """Writes the model to `dest`; see `Gemma.export`. Returns the destination path.
+
+    Every check (format, dtype, destination, model) runs before anything is
+    written; see the module docstring for which destinations are replaced.
+    """
     dest = Path(dest).expanduser()
     format = resolve_format(dest, format)
     dtype = resolve_dtype(format, dtype, info)
+    check_export_destination(dest, format, overwrite)
     check_exportable(causal_lm, info)
-    with staged(dest, overwrite=overwrite, directory=format != "gguf") as tmp:
+    with staged(dest, KINDS[format], overwrite=overwrite, others=KINDS.values()) as tmp:
         _WRITERS[format](causal_lm, tokenizer, info, tmp, dtype)
     return dest
+
+
+def check_export_destination(dest: str | os.PathLike, format: str, overwrite: bool) -> bool:
+    """Raises `ExportError` unless a `format` export may be written at `dest`.
+
+    True when `dest` holds our earlier export of that format and will be
+    replaced. The command line calls this before loading the model.
+    """
+    return check_destination(
+        Path(dest).expanduser(), KINDS[format], overwrite=overwrite, others=KINDS.values()
+    )
 
 
 def resolve_format(dest: Path, format: str | None) -> str:

@@ -13,6 +13,11 @@ dtypes, as llama.cpp's converter does them:
   a weight whose rows are not a multiple of 32 long falls back to F16, and
   norms stay F32.
 
+The file also carries `gemma_keras.export` (uint32, `EXPORT_VERSION`), a key
+llama.cpp ignores: it marks the file as one we wrote, so that a later export
+with `overwrite=True` may replace it, and a GGUF from elsewhere never is
+(`written_by_gemma_keras`).
+
 Example:
 
 >>> from gemma_keras.formats.gguf_writer import write_gguf
@@ -28,10 +33,31 @@ import numpy as np
 
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.errors import ExportError
+from gemma_keras.formats.gguf_check import check_gguf_structure
 from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.staging import Kind
 from gemma_keras.formats.tensor_names import read_backbone, to_gguf_norm
 
 _FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+EXPORT_KEY = "gemma_keras.export"
+EXPORT_VERSION = 1
+
+
+def written_by_gemma_keras(path: Path) -> bool:
+    """True when `path` is a whole GGUF file that carries our `gemma_keras.export` key."""
+    from gguf import GGUFReader
+
+    check_gguf_structure(path)  # gguf-py trusts the header's counts; this bounds them first
+    field = GGUFReader(os.fspath(path)).fields.get(EXPORT_KEY)
+    return field is not None and isinstance(field.contents(), int)
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+KIND = Kind("GGUF file", directory=False, ours=written_by_gemma_keras, looks_like=_has_gguf_magic)
 
 
 def encode(array: np.ndarray, dtype: str):
@@ -66,6 +92,7 @@ def write_gguf(causal_lm, tokenizer, info: ModelInfo, path: Path, dtype: str = "
     writer = gguf.GGUFWriter(os.fspath(path), arch.gguf_arch)
     writer.add_type("model")
     writer.add_name(f"{arch.gguf_arch} exported by gemma_keras")
+    writer.add_uint32(EXPORT_KEY, EXPORT_VERSION)
     add_hyperparameters(
         writer,
         arch,

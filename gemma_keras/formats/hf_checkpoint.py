@@ -3,7 +3,9 @@
 The directory holds `config.json`, `generation_config.json`,
 `model.safetensors` and the tokenizer (`tokenizer.model`, the SentencePiece
 model we tokenize with, plus `tokenizer_config.json` and
-`special_tokens_map.json`). transformers loads it with
+`special_tokens_map.json`), and last our manifest `gemma_keras.json`
+(kind "safetensors"), which marks the directory as ours so that a later
+`overwrite=True` may replace it (transformers ignores it). transformers loads it with
 `AutoModelForCausalLM.from_pretrained(dir)` as `GemmaForCausalLM`,
 `Gemma2ForCausalLM` or `Gemma3ForCausalLM` (text only).
 
@@ -25,8 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from gemma_keras.formats.manifest import SAFETENSORS, export_kind, manifest_info, write_manifest
 from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.staging import Kind
 from gemma_keras.formats.tensor_names import hf_name, read_backbone
+
+KIND = Kind("safetensors checkpoint", directory=True, ours=lambda path: export_kind(path) == SAFETENSORS)
 
 _NUMPY = {"f32": np.float32, "f16": np.float16}
 _TORCH_DTYPE = {"f32": "float32", "f16": "float16"}
@@ -130,6 +136,7 @@ def write_hf_checkpoint(causal_lm, tokenizer, info: ModelInfo, out_dir: Path, dt
     }
     for name, content in files.items():
         write_json(out_dir / name, content)
+    write_manifest(out_dir, manifest_info(info), kind=SAFETENSORS)
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

@@ -11,9 +11,13 @@ import os
 from pathlib import Path
 
 from gemma_keras.errors import ExportError
-from gemma_keras.formats.manifest import write_manifest
+from gemma_keras.formats.manifest import KERAS_PRESET, export_kind, manifest_info, write_manifest
 from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.staging import Kind
 from gemma_keras.formats.tensor_names import fill_backbone, read_backbone
+
+# A directory is our preset when its manifest says so and lists all it holds.
+KIND = Kind("Keras preset", directory=True, ours=lambda path: export_kind(path) == KERAS_PRESET)
 
 
 def write_keras_preset(
@@ -23,15 +27,9 @@ def write_keras_preset(
     if has_lora(causal_lm.backbone):
         causal_lm = rebuild(causal_lm)
     causal_lm.save_to_preset(os.fspath(out_dir))
-    # gk.load reads these back; KerasHub ignores the file.
-    write_manifest(
-        out_dir,
-        {
-            "architecture": info.architecture,
-            "context_length": info.context_length,
-            "instruction_tuned": info.instruction_tuned,
-        },
-    )
+    # gk.load reads these back; KerasHub ignores the file. Its kind marks the
+    # directory as our preset, which a later overwrite may replace.
+    write_manifest(out_dir, manifest_info(info), kind=KERAS_PRESET)
 
 
 def has_lora(backbone) -> bool:

@@ -8,15 +8,41 @@ result), and resuming with other settings is refused.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from gemma_keras.checks import path as check_path
 from gemma_keras.errors import FinetuneError
+from gemma_keras.formats.staging import Kind, check_destination
 from gemma_keras.training import lora
 
 CHECKPOINTS_KEPT = 2
+ADAPTERS = "adapters.npz"  # the finished run's adapters, beside `checkpoints/`
+# Directories a run writes files into (never replaces); they may exist already.
+RUN_DIRECTORY = Kind("fine-tuning run directory", directory=True, ours=lambda path: True, into=True)
+CHECKPOINT_DIRECTORY = Kind("checkpoint directory", directory=True, ours=lambda path: True, into=True)
+
+
+def check_run_directory(out_dir: str | os.PathLike) -> Path:
+    """Raises `FinetuneError` unless a run can write into `out_dir`; returns it as a Path.
+
+    `out_dir` (and its `checkpoints/`) must be a writable directory or not
+    exist yet under a writable one (it is created when the first file is
+    written); an existing `adapters.npz` must be our own adapter file, and
+    existing checkpoints ours. Nothing is created or changed here: fine-tuning
+    calls this before the model changes.
+    """
+    out_dir = Path(check_path("out_dir", out_dir, FinetuneError)).expanduser()
+    check_destination(out_dir, RUN_DIRECTORY, overwrite=True, error=FinetuneError)
+    checkpoints = out_dir / "checkpoints"
+    check_destination(checkpoints, CHECKPOINT_DIRECTORY, overwrite=True, error=FinetuneError)
+    check_destination(out_dir / ADAPTERS, lora.NPZ_KINDS["adapters"], overwrite=True, error=FinetuneError)
+    for path in Checkpoints(out_dir).paths():
+        check_destination(path, lora.NPZ_KINDS["checkpoint"], overwrite=True, error=FinetuneError)
+    return out_dir
 
 
 @dataclass

@@ -34,7 +34,7 @@ from gemma_keras.architectures.chat_format import TurnFormat
 from gemma_keras.backend.devices import capabilities
 from gemma_keras.errors import FinetuneError
 from gemma_keras.training import lora
-from gemma_keras.training.checkpoints import Checkpoints, Plan
+from gemma_keras.training.checkpoints import ADAPTERS, Checkpoints, Plan, check_run_directory
 from gemma_keras.training.config import FinetuneConfig
 from gemma_keras.training.data import DataStats, Example, epoch_order, make_batch, tokenize_records
 
@@ -206,8 +206,14 @@ def finetune(
 
     A runner built over the backbone before this call holds the old variable
     list; build a new one afterwards (`Gemma.finetune` does).
+
+    `config.out_dir` is checked first (`checkpoints.check_run_directory`:
+    not a file, writable, no foreign `adapters.npz`), so a bad one raises
+    `FinetuneError` before the data is read and before the model changes.
     """
     c = config
+    if c.out_dir is not None:
+        c = c.replace(out_dir=check_run_directory(c.out_dir))
     quantized = [
         layer.name for layer in backbone._flatten_layers() if getattr(layer, "quantization_mode", None)
     ]
@@ -310,7 +316,7 @@ def _train(backbone, pad_id, plan, examples, val_examples, stats, config: Finetu
         if verbose:
             print(f"validation loss {val_loss:.4f}, perplexity {val_perplexity:.3f}", file=sys.stderr)
     if out_dir is not None and step == total_steps:
-        lora.save_adapters(backbone, Path(out_dir) / "adapters.npz")
+        lora.save_adapters(backbone, Path(out_dir) / ADAPTERS)
     per_epoch = math.ceil(len(examples) / plan.batch_size)
     recent = [h["loss"] for h in history[-max(1, per_epoch // accumulation) :]]
     return FinetuneResult(

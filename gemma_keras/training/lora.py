@@ -8,6 +8,11 @@ seeded draw so runs repeat on every backend, and moves adapters in and out.
 
 Adapter files are `.npz` archives read with `allow_pickle=False`, keyed by
 layer path, with a JSON header that records rank, alpha and the model shape.
+They are written under the writer policy of `gemma_keras.formats.staging`:
+an existing file at the path is replaced only when it is our own adapter
+file (its header says so); a directory, a user's file, a symlink or an
+unwritable parent raise `FinetuneError` naming the path, before anything is
+written.
 
 Example:
 
@@ -25,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_keras.checks import path as check_path
 from gemma_keras.checks import positive_int
 from gemma_keras.errors import FinetuneError
-from gemma_keras.formats.staging import atomic_write
+from gemma_keras.formats.staging import Kind, atomic_write, check_destination
 
 # Friendly names -> KerasHub layer names (the same in Gemma 1, 2 and 3).
 TARGETS = {
@@ -218,13 +224,46 @@ def model_signature(backbone) -> dict:
     return {"class": type(backbone).__name__, **{k: config.get(k) for k in keys}}
 
 
+def header_kind(path: Path) -> str | None:
+    """The `kind` ("adapters", "checkpoint") in the header of our archive at `path`, or None."""
+    with np.load(path, allow_pickle=False) as archive:
+        if "__header__" not in archive.files:
+            return None
+        header = json.loads(bytes(archive["__header__"]).decode())
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        return None
+    return header.get("kind")
+
+
+# What write_npz writes; an existing file is replaced only when it is ours of the same kind.
+NPZ_KINDS = {
+    "adapters": Kind("LoRA adapter file", directory=False, ours=lambda p: header_kind(p) == "adapters"),
+    "checkpoint": Kind(
+        "fine-tuning checkpoint", directory=False, ours=lambda p: header_kind(p) == "checkpoint"
+    ),
+}
+
+
 def write_npz(path: Path, arrays: dict[str, np.ndarray], header: dict) -> None:
-    """Writes an `.npz` atomically: a temporary sibling, fsync, then rename."""
+    """Writes an `.npz` atomically: a temporary sibling, fsync, then rename.
+
+    The path is checked first (`check_destination`; `header["kind"]` says
+    what is written). Any `OSError` (disk full, permissions) becomes a
+    `FinetuneError` naming the path, and leaves no temporary file and any
+    earlier file there unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_destination(path, NPZ_KINDS[header["kind"]], overwrite=True, error=FinetuneError)
     payload = dict(arrays)
     payload["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **payload), binary=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.savez(f, **payload), binary=True)
+    except OSError as exc:
+        raise FinetuneError(
+            f"Could not write {path}: {exc}. Nothing was written to {path} (an earlier file there is "
+            "unchanged); free some space or choose another path."
+        ) from exc
 
 
 def read_npz(path: Path, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -246,11 +285,22 @@ def read_npz(path: Path, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def save_adapters(backbone, path: str | os.PathLike) -> Path:
-    """Saves the LoRA factors (not the base weights) to one `.npz` file."""
+    """Saves the LoRA factors (not the base weights) to one `.npz` file.
+
+    `.npz` is added to a name without it. An existing adapter file of ours
+    is replaced atomically; a directory at the path, anything else that is
+    there, or a parent that is a file or cannot be written raise
+    `FinetuneError` naming the path, and nothing is written.
+    """
     settings = lora_settings(backbone)
     if settings is None:
         raise FinetuneError("this model has no LoRA adapters to save; call lm.finetune(...) first.")
-    path = Path(path)
+    path = Path(check_path("path", path, FinetuneError)).expanduser()
+    if path.is_dir():
+        raise FinetuneError(
+            f"{path} is a directory; save_adapters writes one .npz file. Pass a file path, such as "
+            f"{path / 'adapters.npz'}."
+        )
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
     header = {"format": FORMAT, "kind": "adapters", **settings, "model": model_signature(backbone)}
