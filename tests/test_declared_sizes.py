@@ -246,6 +246,7 @@ def test_a_truncated_weights_file_is_named(directories, tmp_path):
         ("rms_norm_eps", -1.0, gk.SourceError, "rms_norm_eps = -1.0 is not valid"),
         ("eos_token_id", [1, 10**9], gk.SourceError, "eos_token_id = 1000000000 is not a valid size"),
         ("rope_theta", 500.0, gk.UnsupportedModelError, "rope_theta is 500"),
+        ("query_pre_attn_scalar", 100, gk.UnsupportedModelError, "query_pre_attn_scalar is 100"),
         (
             "model_type",
             "llama",

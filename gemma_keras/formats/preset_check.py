@@ -50,6 +50,7 @@ from gemma_keras.formats.sizes import (
     FFN_WIDTH,
     MAX_CONTEXT,
     NUMBERS,
+    OPTIONAL_SIZES,
     check_backbone_config,
     check_context,
     number,
@@ -196,7 +197,7 @@ def _check_keras_preset(path: Path, config: dict) -> Architecture:
                 str(metadata_file),
                 "parameter_count",
                 metadata["parameter_count"],
-                0,
+                1,
                 MAX_PARAMETERS,
                 SourceError,
             )
@@ -402,6 +403,14 @@ def _check_hf_checkpoint(path: Path, config: dict) -> Architecture:
             where, "max_position_embeddings", config["max_position_embeddings"], SourceError
         )
     check_backbone_config(backbone, where=where, error=SourceError, names=HF_NAMES, context=context)
+    scalar = config.get("query_pre_attn_scalar")
+    per_head = backbone["hidden_dim"] // backbone["num_query_heads"]
+    if scalar is not None and scalar not in (backbone["head_dim"], per_head):
+        # transformers scales queries by 1/sqrt(query_pre_attn_scalar); KerasHub knows two scales.
+        raise UnsupportedModelError(
+            f"{where}: query_pre_attn_scalar is {scalar}, but KerasHub scales queries by head_dim "
+            f"({backbone['head_dim']}) or hidden_size / num_attention_heads ({per_head}) only."
+        )
     if backbone.get("use_bidirectional_attention"):
         raise UnsupportedModelError(
             f"{where}: use_bidirectional_attention is true: an embedding model, which cannot generate text."
@@ -438,9 +447,18 @@ def _hf_backbone(where: str, config: dict, arch: Architecture) -> dict[str, Any]
     for field in ("layer_norm_epsilon", "attention_logit_soft_cap", "final_logit_soft_cap"):
         if HF_NAMES[field] in config:
             backbone[field] = config[HF_NAMES[field]]
-    if config.get("sliding_window") is not None and arch.global_every is not None:
-        backbone["sliding_window_size"] = config["sliding_window"]
-        backbone["use_sliding_window_attention"] = True
+    if config.get("sliding_window") is not None:
+        # Bounded even where no layer slides (Gemma 1): a declared size is never trusted unread.
+        window = size(
+            where,
+            "sliding_window",
+            config["sliding_window"],
+            *OPTIONAL_SIZES["sliding_window_size"],
+            SourceError,
+        )
+        if arch.global_every is not None:
+            backbone["sliding_window_size"] = window
+            backbone["use_sliding_window_attention"] = True
     if "use_bidirectional_attention" in config:
         backbone["use_bidirectional_attention"] = config["use_bidirectional_attention"]
     if config.get("query_pre_attn_scalar") is not None:
