@@ -52,7 +52,7 @@ def corpus(tiny_model, tmp_path_factory) -> Path:
     return root
 
 
-def _run_worker(root: Path, start: int, timeout: float) -> tuple[dict[int, dict], int | None, str]:
+def _run_worker(root: Path, start: int, options: list[str], timeout: float):
     """Runs every `STRIDE`-th case from `start`: the records, the case that killed the worker, its log."""
     env = dict(
         os.environ,
@@ -63,7 +63,7 @@ def _run_worker(root: Path, start: int, timeout: float) -> tuple[dict[int, dict]
     )
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "tests.preset_fuzz", str(root), str(start), str(STRIDE)],
+            [sys.executable, "-m", "tests.preset_fuzz", str(root), str(start), str(STRIDE), *options],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -86,23 +86,30 @@ def _run_worker(root: Path, start: int, timeout: float) -> tuple[dict[int, dict]
     return records, killer, f"{status}; stderr ends: {err[-1500:]}"
 
 
-def test_mutated_presets_and_checkpoints_never_abort(corpus):
-    cases = build_cases(corpus)
+def _fuzz(root: Path, only: tuple[str, ...] = (), without_checks: bool = False):
+    """Runs the cases, restarting after any that kills the worker: (cases, records, killed)."""
+    cases = build_cases(root)
+    options = [f"--only={case_id}" for case_id in only] + (["--without-checks"] if without_checks else [])
+    wanted = [i for i in range(0, len(cases), STRIDE) if not only or cases[i].id in only]
     records: dict[int, dict] = {}
     killed: dict[str, str] = {}
     start, began = 0, time.monotonic()
     while start < len(cases):
         left = DEADLINE_S - (time.monotonic() - began)
         assert left > 0, f"the fuzz ran past {DEADLINE_S} s at case {start} ({cases[start].id})"
-        got, killer, log = _run_worker(corpus, start, left)
+        got, killer, log = _run_worker(root, start, options, left)
         records.update(got)
         if killer is None:
-            missing = [i for i in range(start, len(cases), STRIDE) if i not in records]
+            missing = [i for i in wanted if i >= start and i not in records]
             assert not missing, f"the worker stopped before case {cases[missing[0]].id}: {log}"
             break
         killed[cases[killer].id] = log
         start = killer + STRIDE
+    return cases, records, killed
 
+
+def test_mutated_presets_and_checkpoints_never_abort(corpus):
+    cases, records, killed = _fuzz(corpus)
     if os.environ.get("GEMMA_KERAS_FUZZ_RECORDS"):  # every case's outcome and message, for a report
         Path(os.environ["GEMMA_KERAS_FUZZ_RECORDS"]).write_text(json.dumps(records, indent=1))
     outcomes = collections.Counter(r["outcome"] for r in records.values())
@@ -120,3 +127,13 @@ def test_mutated_presets_and_checkpoints_never_abort(corpus):
     assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
     # The fuzz must exercise both ends: clean loads and refusals.
     assert outcomes["loaded"] >= len(ARCHITECTURES) and outcomes["SourceError"] > ran // 2
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the abort was XLA's; torch and TensorFlow raised")
+def test_the_harness_sees_the_abort_when_the_checks_are_off(corpus):
+    """Without `check_model_dir`, the issue's case still kills a JAX worker, and the fuzz names it."""
+    case = "gemma3-keras/task.json/vocabulary_size=1000000000000"
+    following = "gemma3-keras/both/dropout=0.0"  # loads, checked or not
+    _, records, killed = _fuzz(corpus, only=(case, following), without_checks=True)
+    assert list(killed) == [case] and "exit status -6" in killed[case]
+    assert [r["id"] for r in records.values()] == [following]  # a new worker carried on after it
