@@ -65,6 +65,7 @@ class TinyConfig:
     ffn: int = 64
     sliding_window: int = 8
     context: int = 512
+    rope_scaling: float = 1.0  # Gemma 3's global RoPE scaling factor; 1.0 writes no key
 
 
 def tiny_vocab() -> tuple[list[str], list[int]]:
@@ -156,6 +157,7 @@ def write_tiny_gguf(
         sliding_window=cfg.sliding_window,
         attn_softcap=50.0 if architecture == "gemma2" else None,
         final_softcap=30.0 if architecture == "gemma2" else None,
+        rope_scaling=cfg.rope_scaling,
     )
     scores = [-1000.0 if t != 1 else 0.0 for t in types]
     add_vocabulary(writer, tokens, scores, types, {"bos_id": 2, "eos_id": 1, "unk_id": 3, "pad_id": 0})

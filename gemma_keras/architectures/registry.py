@@ -31,6 +31,17 @@ def by_gguf_arch(name: str, where: str = "the file") -> Architecture:
     )
 
 
+def by_hf_model_type(model_type: str, where: str = "the checkpoint") -> Architecture:
+    """The record of a transformers `model_type` ("gemma", "gemma2", "gemma3_text")."""
+    for arch in ARCHITECTURES:
+        if arch.hf_model_type == model_type:
+            return arch
+    raise UnsupportedModelError(
+        f"{where}: model_type {model_type!r} is not a model gemma_keras loads; it loads the text models "
+        f"{', '.join(repr(a.hf_model_type) for a in ARCHITECTURES)}."
+    )
+
+
 def of_backbone(backbone) -> Architecture:
     """The record of a KerasHub backbone; refuses embedding models and other families."""
     return of_config(backbone.get_config(), type(backbone).__name__)

@@ -4,6 +4,8 @@
 - `gguf_reader`, `gguf_writer`: llama.cpp's format;
 - `hf_checkpoint`: transformers' safetensors directory;
 - `keras_preset`, `manifest`: KerasHub presets and our metadata beside them;
+- `sizes`, `preset_check`: the bounds on every size a file declares, and their check of
+  preset and checkpoint directories before KerasHub builds anything;
 - `sentencepiece`: the tokenizer model, rebuilt from a GGUF vocabulary and run;
 - `tensor_names`: the one table of weight names shared by import and export;
 - `staging`: writes that appear whole or not at all;

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from gemma_keras.architectures.registry import by_gguf_arch
 from gemma_keras.errors import GGUFError, ModelNotFoundError, UnsupportedModelError
 from gemma_keras.formats.gguf_check import check_gguf_structure
 from gemma_keras.formats.sentencepiece import proto_from_gguf_vocab
+from gemma_keras.formats.sizes import FFN_WIDTH, SIZES, check_backbone_config, check_context, size
 from gemma_keras.formats.tensor_names import block_tensors
 
 GGUF_MAGIC = b"GGUF"
@@ -153,32 +155,25 @@ def _read_metadata(path: Path, reader) -> GGUFModel:
     def key(name, default=None, required=False):
         return _field(reader, path, f"{arch.gguf_arch}.{name}", default, required)
 
-    num_layers = int(key("block_count", required=True))
-    hidden = int(key("embedding_length", required=True))
-    heads = int(key("attention.head_count", required=True))
-    kv_heads = int(key("attention.head_count_kv", heads))
-    head_dim = int(key("attention.key_length", hidden // max(heads, 1)))
-    ffn = int(key("feed_forward_length", required=True))
+    a, where = arch.gguf_arch, str(path)
+
+    def sized(name: str, bounds: tuple[int, int], default=None, required=False) -> int:
+        return size(where, f"{a}.{name}", key(name, default, required), *bounds, GGUFError)
+
+    num_layers = sized("block_count", SIZES["num_layers"], required=True)
+    hidden = sized("embedding_length", SIZES["hidden_dim"], required=True)
+    heads = sized("attention.head_count", SIZES["num_query_heads"], required=True)
+    kv_heads = sized("attention.head_count_kv", SIZES["num_key_value_heads"], heads)
+    head_dim = sized("attention.key_length", SIZES["head_dim"], max(hidden // heads, 1))
+    ffn = sized("feed_forward_length", FFN_WIDTH, required=True)
     eps = float(key("attention.layer_norm_rms_epsilon", 1e-6))
-    context = int(key("context_length", 8192))
+    context = check_context(where, f"{a}.context_length", key("context_length", 8192), GGUFError)
     rope_base = float(key("rope.freq_base", arch.rope_base))
-    if abs(rope_base - arch.rope_base) > 1e-3 * arch.rope_base:
+    if not math.isfinite(rope_base) or abs(rope_base - arch.rope_base) > 1e-3 * arch.rope_base:
         raise UnsupportedModelError(
             f"{path}: rope.freq_base is {rope_base:g}, but KerasHub's {arch.title} "
             f"backbone fixes it at {arch.rope_base:g}."
         )
-    for name, value in (
-        ("block_count", num_layers),
-        ("embedding_length", hidden),
-        ("attention.head_count", heads),
-        ("attention.head_count_kv", kv_heads),
-        ("attention.key_length", head_dim),
-        ("feed_forward_length", ffn),
-    ):
-        if value <= 0 or value > 1 << 20:
-            raise GGUFError(f"{path}: {arch.gguf_arch}.{name} = {value} is not a valid size.")
-    if heads % kv_heads:
-        raise GGUFError(f"{path}: {heads} query heads do not divide into {kv_heads} KV heads.")
 
     tokens = _field(reader, path, "tokenizer.ggml.tokens", required=True)
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
@@ -198,6 +193,7 @@ def _read_metadata(path: Path, reader) -> GGUFModel:
         if not 0 <= value < len(tokens):
             raise GGUFError(f"{path}: tokenizer {name} {value} is outside the vocabulary.")
 
+    size(where, "the number of tokenizer.ggml.tokens", len(tokens), *SIZES["vocabulary_size"], GGUFError)
     config: dict[str, Any] = {
         "vocabulary_size": len(tokens),
         "num_layers": num_layers,
@@ -209,6 +205,7 @@ def _read_metadata(path: Path, reader) -> GGUFModel:
         "layer_norm_epsilon": eps,
         **arch.gguf_config(key, num_layers),
     }
+    check_backbone_config(config, where=where, error=GGUFError, names=_gguf_names(a), context=context)
     _check_tensor_shapes(path, reader, arch, config, ffn)
     return GGUFModel(
         path=path,
@@ -221,6 +218,24 @@ def _read_metadata(path: Path, reader) -> GGUFModel:
         names=[str(v) for v in (_field(reader, path, k) for k in _NAME_KEYS) if isinstance(v, str)],
         reader=reader,
     )
+
+
+def _gguf_names(a: str) -> dict[str, str]:
+    """The GGUF key behind each backbone config field, for messages."""
+    return {
+        "vocabulary_size": "the number of tokenizer.ggml.tokens",
+        "num_layers": f"{a}.block_count",
+        "hidden_dim": f"{a}.embedding_length",
+        "num_query_heads": f"{a}.attention.head_count",
+        "num_key_value_heads": f"{a}.attention.head_count_kv",
+        "head_dim": f"{a}.attention.key_length",
+        "intermediate_dim": f"{a}.feed_forward_length (as KerasHub's intermediate_dim)",
+        "layer_norm_epsilon": f"{a}.attention.layer_norm_rms_epsilon",
+        "sliding_window_size": f"{a}.attention.sliding_window",
+        "attention_logit_soft_cap": f"{a}.attn_logit_softcapping",
+        "final_logit_soft_cap": f"{a}.final_logit_softcapping",
+        "global_rope_scaling_factor": f"{a}.rope.scaling.factor",
+    }
 
 
 def expected_tensor_shapes(

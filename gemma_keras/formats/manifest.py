@@ -52,7 +52,7 @@ def read_manifest(entry: Path, verify: bool = True) -> dict[str, Any] | None:
                 return None
             if verify and file_sha256(path) != meta["sha256"]:
                 return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     return manifest
 

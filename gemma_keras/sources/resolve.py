@@ -43,6 +43,7 @@ from gemma_keras.errors import (
 )
 from gemma_keras.formats.gguf_reader import check_magic, read_gguf
 from gemma_keras.formats.model_info import ModelInfo
+from gemma_keras.formats.preset_check import check_model_dir
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.model import Gemma
 from gemma_keras.sources import cache
@@ -165,6 +166,7 @@ def _load_cached(
     entry: Path, dtype: str, progress: Progress | None, source: str, manifest: dict | None = None
 ) -> Gemma:
     _report(progress, "loading the cached Keras preset", 0.5)
+    check_model_dir(entry)  # a few small JSON files: cheap even though the manifest vouches for them
     lm = _from_preset(str(entry), dtype)
     _report(progress, "done", 1.0)
     return _wrap(lm, manifest or cache.read_manifest(entry, verify=False), source, dtype)
@@ -196,6 +198,8 @@ def _load_preset_dir(path: Path, dtype: str, progress: Progress | None) -> Gemma
             f"{path} is a directory but holds no config.json, so it is neither "
             "a Keras preset nor a Hugging Face checkpoint."
         )
+    # Every size the files declare is bounded before KerasHub builds (and a backend allocates) anything.
+    check_model_dir(path)
     manifest = cache.read_manifest(path, verify=False)
     _report(progress, "loading the Keras preset", 0.5)
     lm = _from_preset(str(path), dtype)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_keras.checks import is_integer, is_number, positive_int
 from gemma_keras.checks import path as check_path
-from gemma_keras.checks import positive_int
 from gemma_keras.errors import FinetuneError
 from gemma_keras.formats.staging import Kind, atomic_write, check_destination
 
@@ -308,6 +308,25 @@ def save_adapters(backbone, path: str | os.PathLike) -> Path:
     return path
 
 
+def _check_declared_rank(header: dict, arrays: dict[str, np.ndarray], where: str) -> None:
+    """The rank a file declares must be the rank of the factors it stores.
+
+    `enable_lora` allocates factors of the declared rank before any array is
+    read; the stored arrays are bounded by the file's size, so an absurd rank
+    in the header is refused here instead of allocated.
+    """
+    rank = header.get("rank")
+    if not is_integer(rank) or rank < 1:
+        raise FinetuneError(f"{where}: its rank {rank!r} is not a positive integer.")
+    if not is_number(header.get("alpha")):
+        raise FinetuneError(f"{where}: its alpha {header.get('alpha')!r} is not a number.")
+    stored = sorted({a.shape[-1] for key, a in arrays.items() if key.endswith("/a") and a.ndim >= 1})
+    if stored != [rank]:
+        raise FinetuneError(
+            f"{where}: its header declares rank {rank}, but its factors have rank {stored[:3] or 'none'}."
+        )
+
+
 def load_adapters(backbone, path: str | os.PathLike) -> dict:
     """Enables LoRA as the file says and loads its factors."""
     header, arrays = read_npz(Path(path), "adapter")
@@ -316,6 +335,7 @@ def load_adapters(backbone, path: str | os.PathLike) -> dict:
             f"adapter file {str(path)!r} was saved from a different model "
             f"({header.get('model')}); this one is {model_signature(backbone)}."
         )
-    settings = enable_lora(backbone, int(header["rank"]), float(header["alpha"]), header["targets"])
+    _check_declared_rank(header, arrays, f"adapter file {str(path)!r}")
+    settings = enable_lora(backbone, header["rank"], header["alpha"], header["targets"])
     set_adapter_arrays(backbone, arrays, f"adapter file {str(path)!r}")
     return settings
