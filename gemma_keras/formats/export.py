@@ -15,9 +15,11 @@ PosixPath('gemma-3-270m.gguf')
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
-from gemma_keras.errors import ExportError
+from gemma_keras import interrupts
+from gemma_keras.errors import ExportError, Interrupted
 from gemma_keras.formats.gguf_writer import write_gguf
 from gemma_keras.formats.hf_checkpoint import write_hf_checkpoint
 from gemma_keras.formats.keras_preset import write_keras_preset
@@ -44,9 +46,20 @@ def export(
     format = resolve_format(dest, format)
     dtype = resolve_dtype(format, dtype, info)
     check_exportable(causal_lm, info)
+    # SIGINT and SIGTERM are honoured between tensors (`read_backbone`) and before publishing;
+    # `staged` then removes the temporary and leaves the destination as it was.
     with staged(dest, overwrite=overwrite, directory=format != "gguf") as tmp:
-        _WRITERS[format](causal_lm, tokenizer, info, tmp, dtype)
+        try:
+            with interrupts.deferred():
+                _WRITERS[format](causal_lm, tokenizer, info, tmp, dtype)
+                interrupts.check()
+        except Interrupted as exc:
+            raise Interrupted(exc.signum, _interrupted_message(exc.signum, dest)) from None
     return dest
+
+
+def _interrupted_message(signum: int, dest: Path) -> str:
+    return f"export to {dest} stopped by {signal.Signals(signum).name}; nothing was written to {dest}."
 
 
 def resolve_format(dest: Path, format: str | None) -> str:
