@@ -102,3 +102,6 @@ class Interrupted(KeyboardInterrupt):
         self.out_dir, self.checkpoint = out_dir, checkpoint
         self.message = message  # what was stopped and how to go on; None when nothing more is known
         super().__init__(message or f"interrupted by {self.signal_name}")
+
+    def __reduce__(self):  # pickles (multiprocessing) with its signal and details
+        return (type(self), (self.signum, self.message), dict(self.__dict__))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -77,6 +78,7 @@ def test_deferred_records_the_signal_and_check_raises_it(python_sigint, signum):
             interrupts.check()
     assert isinstance(caught.value, KeyboardInterrupt)
     assert caught.value.signum == signum and caught.value.exit_code == CODES[signum]
+    assert pickle.loads(pickle.dumps(caught.value)).exit_code == CODES[signum]
     assert {s: signal.getsignal(s) for s in interrupts.SIGNALS} == before
     assert interrupts.requested() is None
 
