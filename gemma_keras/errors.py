@@ -73,3 +73,41 @@ class ExportError(GemmaKerasError):
 
 class NotInstructionTunedWarning(UserWarning):
     """`chat()` runs on a pretrained model, which continues text rather than answering."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the work at a safe point (see `gemma_keras.interrupts`).
+
+    A `KeyboardInterrupt`, not a `GemmaKerasError`: `except KeyboardInterrupt`
+    catches it and `except Exception` does not. `signum` is the signal,
+    `exit_code` the shell's code for it (130 for SIGINT, 143 for SIGTERM).
+    A fine-tuning run also sets `step` (the last optimizer step done),
+    `total_steps`, `out_dir` and `checkpoint` (the checkpoint of `step`, or
+    None when there is no `out_dir`).
+    """
+
+    def __init__(
+        self,
+        signum: int,
+        message: str | None = None,
+        *,
+        step: int | None = None,
+        total_steps: int | None = None,
+        out_dir: str | None = None,
+        checkpoint: str | None = None,
+    ):
+        import signal
+
+        self.signum = int(signum)
+        try:
+            self.signal_name = signal.Signals(self.signum).name
+        except ValueError:
+            self.signal_name = f"signal {self.signum}"
+        self.exit_code = 128 + self.signum
+        self.step, self.total_steps = step, total_steps
+        self.out_dir, self.checkpoint = out_dir, checkpoint
+        self.message = message  # what was stopped and how to go on; None when nothing more is known
+        super().__init__(message or f"interrupted by {self.signal_name}")
+
+    def __reduce__(self):  # pickles (multiprocessing) with its signal and details
+        return (type(self), (self.signum, self.message), dict(self.__dict__))

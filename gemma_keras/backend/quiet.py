@@ -93,6 +93,9 @@ def _fd2_to_a_file() -> Iterator[None]:
             )
         _active = True
         yield
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`Interrupted`): not a failure the logs explain
+        _restore(saved, old_stderr, swap)
+        raise
     except BaseException:
         _restore(saved, old_stderr, swap)
         capture.seek(0)

@@ -9,6 +9,12 @@ gemma-keras export model.gguf --to gemma-hf --format safetensors
 Third-party log lines (TensorFlow, XLA, absl) are hidden; `--verbose` (or
 GEMMA_KERAS_VERBOSE=1) shows them. Results go to stdout, progress and
 errors to stderr.
+
+Exit codes: 0 done; 2 a user mistake, with one line on stderr
+(`gemma-keras: error: ...`) and no traceback, found before the model loads
+wherever the arguments alone show it; 130 after SIGINT (Ctrl-C) and 143
+after SIGTERM, with one line that says what was stopped (for `finetune`, the
+step reached and the command that resumes it).
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import shlex
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from gemma_keras import checks, interrupts
 from gemma_keras.backend.quiet import VERBOSE_ENV
 from gemma_keras.backend.selection import BACKENDS
 from gemma_keras.cli.progress import Spinner
@@ -29,14 +39,32 @@ from gemma_keras.errors import GemmaKerasError
 BACKEND_HELP = ", ".join(BACKENDS)
 
 
+class UsageError(GemmaKerasError, ValueError):
+    """A command-line argument is wrong: exit 2 with one line, before anything slow runs."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises `UsageError` (one line) instead of printing usage."""
+
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # named after the subcommand whose help lists the flags, not the top level
+            command = self.commands.get(getattr(parsed, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import gemma_keras as gk
     from gemma_keras.backend.devices import default_dtype
     from gemma_keras.backend.selection import resolve_backend
     from gemma_keras.sources.cache import cache_dir
 
-    if args.backend:
-        gk.use_backend(args.backend)
     name, origin = resolve_backend()
     print(f"gemma_keras {gk.__version__}")
     print(f"selected backend: {name} (from {origin})")
@@ -66,8 +94,6 @@ def _sampling_from(args: argparse.Namespace):
 def _load(args: argparse.Namespace, source=None, dtype=None):
     import gemma_keras as gk
 
-    if args.backend:
-        gk.use_backend(args.backend)
     with Spinner() as spinner:
         return gk.load(source, dtype=dtype, progress=spinner.update)
 
@@ -78,11 +104,13 @@ def _sampling_kwargs(sampling) -> dict:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     import gemma_keras as gk
+    from gemma_keras.generation.streaming import check_stop_strings
 
     # Check the cheap arguments before the slow load.
     sampling = _sampling_from(args)
     if not args.prompt:
         raise gk.GenerationArgumentError("the prompt is empty; give some text to continue.")
+    check_stop_strings(args.stop)
     lm = _load(args, args.model, args.dtype)
     options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop or None, **_sampling_kwargs(sampling))
     if args.no_stream:
@@ -92,16 +120,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(args.prompt, end="", flush=True)
     try:
         for piece in lm.stream(args.prompt, **options):
+            interrupts.check()  # a Ctrl-C that Python dropped (raised inside a GC callback) stops here
             print(piece, end="", flush=True)
     finally:
         print(flush=True)
     return 0
 
 
+def _tolerant_stdin():
+    """`sys.stdin`, reading bytes that are not text as lone surrogates instead of raising."""
+    stdin = sys.stdin
+    if stdin is not None and hasattr(stdin, "reconfigure"):
+        stdin.reconfigure(errors="surrogateescape")  # each line is then checked with `checks.text`
+    return stdin
+
+
+def _stopped_by_sigint(exc: KeyboardInterrupt) -> bool:
+    return getattr(exc, "signum", signal.SIGINT) == signal.SIGINT
+
+
 def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     import gemma_keras as gk
 
-    stdin = stdin or sys.stdin
+    stdin = stdin or _tolerant_stdin()
     stdout = stdout or sys.stdout
     sampling = _sampling_from(args)
     lm = _load(args, args.model, args.dtype)
@@ -110,7 +151,7 @@ def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         chat = lm.chat(system=args.system, max_new_tokens=args.max_new_tokens, **_sampling_kwargs(sampling))
     for warning in caught:
         print(f"gemma-keras: note: {warning.message}", file=sys.stderr)
-    interactive = stdin.isatty()
+    interactive = stdin is not None and stdin.isatty()
     print("Chat with Gemma. /reset clears the history, /exit quits; Ctrl-C stops a reply.", file=stdout)
     while True:
         if interactive:
@@ -118,15 +159,23 @@ def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
                 line = input("you> ")
             except EOFError:
                 break
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
+                if not _stopped_by_sigint(exc):
+                    raise  # SIGTERM ends the session
+                interrupts.clear()
                 print("\n(type /exit to quit)", file=stdout)
                 continue
         else:
             print("you> ", end="", file=stdout, flush=True)
-            line = stdin.readline()
+            line = stdin.readline() if stdin is not None else ""
             if not line:
                 break
-        text = line.strip()
+        try:
+            text = checks.text("this line", line.strip(), UsageError)
+        except UsageError as exc:
+            print(f"gemma-keras: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+            print(file=stdout, flush=True)
+            continue  # the session goes on
         if not text:
             continue
         if text in ("/exit", "/quit"):
@@ -139,12 +188,16 @@ def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         reply = chat.stream(text)
         try:
             for piece in reply:
+                interrupts.check()  # a Ctrl-C that Python dropped stops the reply here
                 print(piece, end="", file=stdout, flush=True)
-        except KeyboardInterrupt:
-            reply.close()  # records the partial reply; the session goes on
-            print(" [stopped]", end="", file=stdout)
+        except KeyboardInterrupt as exc:
+            reply.close()  # records the partial reply
+            if not _stopped_by_sigint(exc):
+                raise  # SIGTERM ends the session
+            interrupts.clear()
+            print(" [stopped]", end="", file=stdout)  # the session goes on
         except gk.GenerationArgumentError as exc:
-            print(f"\n(error: {exc})", end="", file=stdout)
+            print(f"\n(error: {_one_line(exc)})", end="", file=stdout)
         print(file=stdout, flush=True)
     return 0
 
@@ -165,6 +218,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from gemma_keras.training.checkpoints import check_run_directory
 
     config = _finetune_config(args)
+    _readable_file("the data file", args.data)
+    if args.ft_validation_data is not None:
+        _readable_file("--validation", args.ft_validation_data)
+    _writable_place("--out", args.ft_out_dir, directory=True)
     check_run_directory(config.out_dir)  # before the slow load
     lm = _load(args, args.model, args.dtype)
     result = lm.finetune(args.data, config)
@@ -185,6 +242,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     # Check the arguments and the destination before the slow load.
     fmt = resolve_format(Path(args.to), args.format)
     resolve_dtype(fmt, args.dtype)
+    checks.path("the source", args.source, UsageError)
+    _writable_place("--to", args.to, directory=fmt != "gguf")
     check_export_destination(args.to, fmt, args.overwrite)
     lm = _load(args, args.source)
     print(f"[gemma-keras] writing {fmt}...", file=sys.stderr, flush=True)
@@ -252,7 +311,7 @@ def _add_finetune_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gemma-keras",
         description="Gemma models as Keras 3 models on JAX, TensorFlow or PyTorch.",
     )
@@ -293,18 +352,102 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     _add_common_flags(exp)
     exp.set_defaults(func=_cmd_export)
+    parser.commands = {"info": info, "generate": gen, "chat": chat, "finetune": tune, "export": exp}
     return parser
 
 
+def _one_line(exc: BaseException | str) -> str:
+    return re.sub(r"\s*\n\s*", " ", str(exc)).strip()
+
+
+def _readable_file(name: str, value: str) -> None:
+    path = Path(checks.path(name, value, UsageError)).expanduser()
+    if not path.exists():
+        raise UsageError(f"{name} {value} does not exist.")
+    if not path.is_file():
+        raise UsageError(f"{name} {value} is not a file (a directory?); give a JSONL file.")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{name} {value} cannot be read (permissions).")
+
+
+def _writable_place(name: str, value: str, directory: bool) -> None:
+    """`value` is a usable path whose nearest existing ancestor is a writable directory."""
+    path = Path(checks.path(name, value, UsageError)).expanduser()
+    if directory and path.exists() and not path.is_dir():
+        raise UsageError(f"{name} {value} is a file; give a directory.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{name} {value} cannot be made: {parent} is not a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{name} {value} cannot be written: {parent} is read-only or not ours.")
+
+
+_POSITIONALS = {"prompt": "the prompt", "data": "the data file", "source": "the source"}
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks every command shares, before anything slow: text, backend, dtype, model."""
+    from gemma_keras.backend.devices import validate_dtype
+    from gemma_keras.backend.selection import use_backend
+
+    command = parser.commands[args.command]
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        name = (
+            action.option_strings[-1] if action.option_strings else _POSITIONALS.get(action.dest, action.dest)
+        )
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                checks.text(name, item, UsageError)  # bytes that were not UTF-8 (surrogates)
+    if args.backend is not None:
+        use_backend(args.backend)
+    if getattr(args, "model", None) is not None:
+        checks.path("--model", args.model, UsageError)
+    if args.command != "export" and getattr(args, "dtype", None) is not None:
+        validate_dtype(args.dtype)
+
+
+def _command_line(argv: Sequence[str], resume: bool) -> str:
+    words = ["gemma-keras", *argv]
+    if resume and "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(words)
+
+
+def _interrupted_line(args: argparse.Namespace, argv: Sequence[str], exc: KeyboardInterrupt) -> str:
+    step = getattr(exc, "step", None)
+    if args.command == "finetune" and step is not None:
+        total, checkpoint = getattr(exc, "total_steps", None), getattr(exc, "checkpoint", None)
+        where = f"step {step} of {total}" if total else f"step {step}"
+        saved = f" (checkpoint {checkpoint})" if checkpoint else ""
+        return f"gemma-keras: interrupted at {where}{saved}; resume with: {_command_line(argv, True)}"
+    if getattr(exc, "message", None):
+        return f"gemma-keras: interrupted: {_one_line(exc.message)}"
+    name = getattr(exc, "signal_name", None)
+    return f"gemma-keras: interrupted by {name}" if name else "gemma-keras: interrupted"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"gemma-keras: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     if args.verbose:
         os.environ[VERBOSE_ENV] = "1"
     try:
-        return args.func(args)
+        # SIGTERM stops a command as Ctrl-C does, and neither is lost where Python drops it.
+        with interrupts.raising():
+            _check_arguments(parser, args)
+            return args.func(args)
     except GemmaKerasError as exc:
-        print(f"gemma-keras: error: {exc}", file=sys.stderr)
+        print(f"gemma-keras: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ngemma-keras: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        newline = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C or a progress bar
+        print(newline + _interrupted_line(args, argv, exc), file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)

@@ -21,9 +21,11 @@ PosixPath('gemma-3-270m.gguf')
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
-from gemma_keras.errors import ExportError
+from gemma_keras import interrupts
+from gemma_keras.errors import ExportError, Interrupted
 from gemma_keras.formats import gguf_writer, hf_checkpoint, keras_preset
 from gemma_keras.formats.gguf_writer import write_gguf
 from gemma_keras.formats.hf_checkpoint import write_hf_checkpoint
@@ -58,9 +60,20 @@ def export(
     dtype = resolve_dtype(format, dtype, info)
     check_export_destination(dest, format, overwrite)
     check_exportable(causal_lm, info)
+    # SIGINT and SIGTERM are honoured between tensors (`read_backbone`) and before publishing;
+    # `staged` then removes the temporary and leaves the destination as it was.
     with staged(dest, KINDS[format], overwrite=overwrite, others=KINDS.values()) as tmp:
-        _WRITERS[format](causal_lm, tokenizer, info, tmp, dtype)
+        try:
+            with interrupts.deferred():
+                _WRITERS[format](causal_lm, tokenizer, info, tmp, dtype)
+                interrupts.check()
+        except Interrupted as exc:
+            raise Interrupted(exc.signum, _interrupted_message(exc.signum, dest)) from None
     return dest
+
+
+def _interrupted_message(signum: int, dest: Path) -> str:
+    return f"export to {dest} stopped by {signal.Signals(signum).name}; nothing was written to {dest}."
 
 
 def check_export_destination(dest: str | os.PathLike, format: str, overwrite: bool) -> bool:

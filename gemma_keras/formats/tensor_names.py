@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from gemma_keras import interrupts
 from gemma_keras.architectures.record import Architecture
 
 
@@ -173,6 +174,7 @@ def read_backbone(backbone) -> Iterator[tuple[str, np.ndarray]]:
     for gguf, layer, attribute, _ in TOP_TENSORS:
         yield gguf, numpy(getattr(backbone.get_layer(layer), attribute))
     for i in range(config["num_layers"]):
+        interrupts.check()  # a pending SIGINT/SIGTERM stops an export between layers
         block = backbone.get_layer(f"decoder_block_{i}")
         for t in block_tensors(config):
             yield f"blk.{i}.{t.gguf}.weight", from_keras(numpy(_resolve(block, t.keras)), t.layout)

@@ -8,9 +8,11 @@ the 262k-piece vocabulary twice.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from gemma_keras import interrupts
 from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.backend.selection import import_keras_hub
 from gemma_keras.errors import GemmaKerasError, GGUFError
@@ -27,7 +29,25 @@ def _report(progress: Progress | None, stage: str, fraction: float) -> None:
 
 
 def convert_gguf(model: GGUFModel, out_dir: Path, progress: Progress | None = None):
-    """Builds the float32 causal LM, saves it as a preset in `out_dir`; returns `(causal_lm, tokenizer)`."""
+    """Builds the float32 causal LM, saves it as a preset in `out_dir`; returns `(causal_lm, tokenizer)`.
+
+    SIGINT and SIGTERM are honoured between layers and after the save, with
+    `Interrupted`; the cache then removes `out_dir` (nothing is cached).
+    """
+    with interrupts.deferred():
+        return _convert(model, out_dir, progress)
+
+
+def _stop_if_asked(model: GGUFModel) -> None:
+    interrupts.check(
+        lambda signum: (
+            f"converting {model.path} stopped by {signal.Signals(signum).name}; "
+            "nothing was added to the cache."
+        )
+    )
+
+
+def _convert(model: GGUFModel, out_dir: Path, progress: Progress | None):
     import_keras_hub()
     arch = model.arch
     _report(progress, "reading the vocabulary", 0.02)
@@ -48,12 +68,14 @@ def convert_gguf(model: GGUFModel, out_dir: Path, progress: Progress | None = No
         ) from exc
 
     def layer_progress(i: int, n: int) -> None:
+        _stop_if_asked(model)  # between layers
         _report(progress, "dequantizing weights", 0.05 + 0.85 * i / max(n, 1))
 
     backbone = build_backbone(model, dtype="float32", progress=layer_progress)
     causal_lm = arch.keras_class("causal_lm")(backbone=backbone, preprocessor=preprocessor)
     _report(progress, "saving the Keras preset", 0.92)
     causal_lm.save_to_preset(str(out_dir))
+    _stop_if_asked(model)  # the cache renames the entry into place after this
     _report(progress, "done", 1.0)
     return causal_lm, tokenizer
 

@@ -73,6 +73,10 @@ class Checkpoints:
     def paths(self) -> list[Path]:
         return sorted(self.dir.glob("step-*.npz")) if self.dir.is_dir() else []
 
+    def path(self, step: int) -> Path:
+        """Where the checkpoint of `step` is (or would be) written."""
+        return self.dir / f"step-{step:08d}.npz"
+
     def save(self, model, plan: Plan, step: int, history: list[dict]) -> Path:
         from keras import ops
 
@@ -87,7 +91,7 @@ class Checkpoints:
             "history": history,
             "model": lora.model_signature(model.backbone),
         }
-        path = self.dir / f"step-{step:08d}.npz"
+        path = self.path(step)
         lora.write_npz(path, arrays, header)
         for old in self.paths()[:-CHECKPOINTS_KEPT]:
             old.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from gemma_keras import interrupts
 from gemma_keras.architectures.chat_format import TurnFormat
 from gemma_keras.backend.devices import capabilities
 from gemma_keras.errors import FinetuneError
@@ -179,10 +180,19 @@ def _to_float(value) -> float:
     return float(np.asarray(ops.convert_to_numpy(value)))
 
 
-def evaluate(model, examples: list[Example], batch_size: int, sequence_length: int, pad_id: int) -> float:
-    """Mean next-token loss over the trained tokens of `examples`."""
+def evaluate(
+    model,
+    examples: list[Example],
+    batch_size: int,
+    sequence_length: int,
+    pad_id: int,
+    between_batches=None,
+) -> float:
+    """Mean next-token loss over the trained tokens of `examples`; `between_batches()` runs before each."""
     total, count = 0.0, 0.0
     for start in range(0, len(examples), batch_size):
+        if between_batches is not None:
+            between_batches()
         x, y, weight = make_batch(examples[start : start + batch_size], sequence_length, pad_id)
         model.reset_metrics()
         logs = model.test_on_batch(x, y, sample_weight=weight, return_dict=True)
@@ -258,6 +268,19 @@ def finetune(
     return _train(backbone, tokenizer.pad_id, plan, examples, val_examples, stats, c)
 
 
+def _interrupted_message(signum: int, step: int, total: int, checkpoint: str | None, during: str) -> str:
+    import signal
+
+    what = "fine-tuning" if not during else f"fine-tuning ({during})"
+    text = f"{what} stopped by {signal.Signals(signum).name} at step {step} of {total}"
+    if checkpoint is None:
+        return f"{text}; nothing was saved (no out_dir), and the model holds the adapters trained so far."
+    return (
+        f"{text}; checkpoint {checkpoint}. To continue, run it again with resume=True "
+        "(--resume on the command line) and the same out_dir and settings."
+    )
+
+
 def _train(backbone, pad_id, plan, examples, val_examples, stats, config: FinetuneConfig) -> FinetuneResult:
     import keras
 
@@ -287,34 +310,62 @@ def _train(backbone, pad_id, plan, examples, val_examples, stats, config: Finetu
     train_seconds = 0.0
     step = start_step
     started = time.perf_counter()
-    for micro, x, y, weight in _batches(examples, plan, pad_id, start_step * accumulation):
-        model.reset_metrics()
-        logs = model.train_on_batch(x, y, sample_weight=weight, return_dict=True)
-        trained = float(weight.sum())
-        step_losses.append(_to_float(logs["loss"]) * trained)
-        step_weights.append(trained)
-        tokens_done += int(x["padding_mask"][weight.sum(axis=1) > 0].sum())
-        if (micro + 1) % accumulation:
-            continue
-        step += 1
-        train_seconds = time.perf_counter() - started
-        loss = sum(step_losses) / max(sum(step_weights), 1.0)
-        step_losses, step_weights = [], []
-        rate = _to_float(model.optimizer.learning_rate)
-        history.append({"step": step, "loss": loss, "learning_rate": rate, "seconds": train_seconds})
-        if progress is not None:
-            progress.update(step, [("loss", loss), ("tok/s", tokens_done / train_seconds), ("lr", rate)])
-        if checkpoints is not None and (step % checkpoint_every == 0 or step == total_steps):
-            saved.append(str(checkpoints.save(model, plan, step, history)))
-        if config.stop_after is not None and step >= config.stop_after:
-            break  # asked to stop early; resume=True continues on the same schedule
 
-    val_loss = val_perplexity = None
-    if val_examples is not None:
-        val_loss = evaluate(model, val_examples, plan.batch_size, plan.sequence_length, pad_id)
-        val_perplexity = math.exp(min(val_loss, 50))
-        if verbose:
-            print(f"validation loss {val_loss:.4f}, perplexity {val_perplexity:.3f}", file=sys.stderr)
+    def stop_if_asked(during: str = "") -> None:
+        """The safe point: on SIGINT/SIGTERM, checkpoint this step (once) and raise `Interrupted`."""
+        if interrupts.requested() is None:
+            return
+        checkpoint = None
+        if checkpoints is not None and step > 0:
+            checkpoint = str(checkpoints.path(step))
+            if not saved or saved[-1] != checkpoint:  # not written yet in this run
+                saved.append(str(checkpoints.save(model, plan, step, history)))
+        interrupts.check(
+            lambda signum: _interrupted_message(signum, step, total_steps, checkpoint, during),
+            step=step,
+            total_steps=total_steps,
+            out_dir=str(out_dir) if out_dir is not None else None,
+            checkpoint=checkpoint,
+        )
+
+    # Signals only record a stop request in here; it is honoured after a whole step.
+    with interrupts.deferred():
+        for micro, x, y, weight in _batches(examples, plan, pad_id, start_step * accumulation):
+            model.reset_metrics()
+            logs = model.train_on_batch(x, y, sample_weight=weight, return_dict=True)
+            trained = float(weight.sum())
+            step_losses.append(_to_float(logs["loss"]) * trained)
+            step_weights.append(trained)
+            tokens_done += int(x["padding_mask"][weight.sum(axis=1) > 0].sum())
+            if (micro + 1) % accumulation:
+                continue
+            step += 1
+            train_seconds = time.perf_counter() - started
+            loss = sum(step_losses) / max(sum(step_weights), 1.0)
+            step_losses, step_weights = [], []
+            rate = _to_float(model.optimizer.learning_rate)
+            history.append({"step": step, "loss": loss, "learning_rate": rate, "seconds": train_seconds})
+            if progress is not None:
+                progress.update(step, [("loss", loss), ("tok/s", tokens_done / train_seconds), ("lr", rate)])
+            if checkpoints is not None and (step % checkpoint_every == 0 or step == total_steps):
+                saved.append(str(checkpoints.save(model, plan, step, history)))
+            stop_if_asked()
+            if config.stop_after is not None and step >= config.stop_after:
+                break  # asked to stop early; resume=True continues on the same schedule
+
+        val_loss = val_perplexity = None
+        if val_examples is not None:
+            val_loss = evaluate(
+                model,
+                val_examples,
+                plan.batch_size,
+                plan.sequence_length,
+                pad_id,
+                between_batches=lambda: stop_if_asked("validation"),
+            )
+            val_perplexity = math.exp(min(val_loss, 50))
+            if verbose:
+                print(f"validation loss {val_loss:.4f}, perplexity {val_perplexity:.3f}", file=sys.stderr)
     if out_dir is not None and step == total_steps:
         lora.save_adapters(backbone, Path(out_dir) / ADAPTERS)
     per_epoch = math.ceil(len(examples) / plan.batch_size)
