@@ -84,20 +84,29 @@ class Case:
 
 
 # --- mutations ------------------------------------------------------------------
-def _edit_json(name: str, keys: tuple, value: Any) -> Callable[[Path], None]:
+def _change_json(name: str, keys: tuple, change: Callable[[dict, str], None]) -> Callable[[Path], None]:
+    """A mutation that calls `change(node, last_key)` on the JSON object holding `keys[-1]`."""
+
     def mutate(root: Path) -> None:
         path = root / name
         data = json.loads(path.read_text())
         node = data
         for key in keys[:-1]:
             node = node[key]
-        if value is DELETE:
-            node.pop(keys[-1], None)
-        else:
-            node[keys[-1]] = value
+        change(node, keys[-1])
         path.write_text(json.dumps(data))
 
     return mutate
+
+
+def _edit_json(name: str, keys: tuple, value: Any) -> Callable[[Path], None]:
+    def change(node: dict, key: str) -> None:
+        if value is DELETE:
+            node.pop(key, None)
+        else:
+            node[key] = value
+
+    return _change_json(name, keys, change)
 
 
 def _both(*mutations: Callable[[Path], None]) -> Callable[[Path], None]:
@@ -109,30 +118,19 @@ def _both(*mutations: Callable[[Path], None]) -> Callable[[Path], None]:
 
 
 def _scale_json(name: str, keys: tuple, factor: int) -> Callable[[Path], None]:
-    def mutate(root: Path) -> None:
-        path = root / name
-        data = json.loads(path.read_text())
-        node = data
-        for key in keys[:-1]:
-            node = node[key]
-        if node.get(keys[-1]) is not None:  # a key this architecture lacks stays absent
-            node[keys[-1]] = node[keys[-1]] * factor
-        path.write_text(json.dumps(data))
+    def change(node: dict, key: str) -> None:
+        if node.get(key) is not None:  # a key this architecture lacks stays absent
+            node[key] = node[key] * factor
 
-    return mutate
+    return _change_json(name, keys, change)
 
 
 def _swap_json(name: str, keys: tuple, first: str, second: str) -> Callable[[Path], None]:
-    def mutate(root: Path) -> None:
-        path = root / name
-        data = json.loads(path.read_text())
-        node = data
-        for key in keys:
-            node = node[key]
+    def change(node: dict, key: str) -> None:
+        node = node[key]
         node[first], node[second] = node[second], node[first]
-        path.write_text(json.dumps(data))
 
-    return mutate
+    return _change_json(name, keys, change)
 
 
 def _rng(case_id: str) -> random.Random:

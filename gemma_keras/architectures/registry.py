@@ -14,31 +14,34 @@ def names() -> tuple[str, ...]:
     return tuple(a.name for a in ARCHITECTURES)
 
 
-def by_name(name: str) -> Architecture:
+def _find(field: str, value, unknown: str) -> Architecture:
+    """The record whose `field` is `value`, or `UnsupportedModelError(unknown)`."""
     for arch in ARCHITECTURES:
-        if arch.name == name:
+        if getattr(arch, field) == value:
             return arch
-    raise UnsupportedModelError(f"Unknown architecture {name!r}; gemma_keras knows {', '.join(names())}.")
+    raise UnsupportedModelError(unknown)
+
+
+def by_name(name: str) -> Architecture:
+    return _find("name", name, f"Unknown architecture {name!r}; gemma_keras knows {', '.join(names())}.")
 
 
 def by_gguf_arch(name: str, where: str = "the file") -> Architecture:
-    for arch in ARCHITECTURES:
-        if arch.gguf_arch == name:
-            return arch
-    raise UnsupportedModelError(
-        f"{where} holds a {name!r} model; gemma_keras loads only "
-        f"{', '.join(a.gguf_arch for a in ARCHITECTURES)}. Use a Gemma GGUF file."
+    known = ", ".join(a.gguf_arch for a in ARCHITECTURES)
+    return _find(
+        "gguf_arch",
+        name,
+        f"{where} holds a {name!r} model; gemma_keras loads only {known}. Use a Gemma GGUF file.",
     )
 
 
 def by_hf_model_type(model_type: str, where: str = "the checkpoint") -> Architecture:
     """The record of a transformers `model_type` ("gemma", "gemma2", "gemma3_text")."""
-    for arch in ARCHITECTURES:
-        if arch.hf_model_type == model_type:
-            return arch
-    raise UnsupportedModelError(
-        f"{where}: model_type {model_type!r} is not a model gemma_keras loads; it loads the text models "
-        f"{', '.join(repr(a.hf_model_type) for a in ARCHITECTURES)}."
+    known = ", ".join(repr(a.hf_model_type) for a in ARCHITECTURES)
+    return _find(
+        "hf_model_type",
+        model_type,
+        f"{where}: model_type {model_type!r} is not a model gemma_keras loads; it loads the text models {known}.",
     )
 
 
