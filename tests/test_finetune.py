@@ -220,3 +220,14 @@ def test_a_finetune_config_is_shared_by_the_method_and_checked_first(fresh):
     assert lora_layers(other.backbone) == []  # nothing changed the model
     with pytest.raises(FinetuneError, match="lora_rank"):
         gk.FinetuneConfig(lora_rank=0)
+
+
+def test_an_impossible_lora_rank_is_refused_before_anything_is_allocated(fresh):
+    lm = fresh()
+    for rank in (10**9, 2**40):
+        with pytest.raises(FinetuneError, match=r"lora_rank \d+ is larger than the smallest adapted matrix"):
+            lm.finetune(RECORDS[:4], **dict(FAST, lora_rank=rank, max_steps=1))
+    assert lora_layers(lm.backbone) == []  # nothing was added
+    # The largest rank that fits trains.
+    head_dim = lm.backbone.head_dim
+    lm.finetune(RECORDS[:4], **dict(FAST, lora_rank=head_dim, max_steps=1))

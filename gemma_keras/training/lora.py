@@ -124,6 +124,27 @@ def lora_settings(backbone) -> dict | None:
     return getattr(backbone, "_gemma_keras_lora", None)
 
 
+def _check_rank_fits(backbone, rank: int, layer_names: set[str]) -> None:
+    """Refuses a rank above what the smallest adapted matrix can hold, before anything is allocated.
+
+    A factor pair `(in, rank) x (rank, out)` has rank at most `min(in, out)`;
+    a larger `lora_rank` only adds parameters (and, absurdly large, asks the
+    backend for more memory than exists).
+    """
+    sizes = [
+        min(int(np.prod(layer._kernel.shape[:-1])), int(layer._kernel.shape[-1]))
+        for layer in backbone._flatten_layers(include_self=False)
+        if layer.name in layer_names
+        and hasattr(layer, "enable_lora")
+        and getattr(layer, "_kernel", None) is not None
+    ]
+    if sizes and rank > min(sizes):
+        raise FinetuneError(
+            f"lora_rank {rank} is larger than the smallest adapted matrix allows ({min(sizes)}): a higher rank "
+            f"adds parameters but no capacity. Use lora_rank <= {min(sizes)}, or adapt larger layers (targets)."
+        )
+
+
 def enable_lora(backbone, rank: int, alpha: float | None = None, targets=None, seed: int = 0) -> dict:
     """Freezes the backbone and adds LoRA factors to the target layers.
 
@@ -147,6 +168,7 @@ def enable_lora(backbone, rank: int, alpha: float | None = None, targets=None, s
     if lora_layers(backbone):
         raise FinetuneError("this model has LoRA layers gemma_keras did not add; load a clean model.")
     layer_names = {TARGETS[t] for t in names}
+    _check_rank_fits(backbone, rank, layer_names)
     backbone.trainable = True
     for layer in backbone._flatten_layers(include_self=False):
         layer.trainable = False
