@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +32,7 @@ from gemma_keras.errors import (
     GGUFError,
     HubUnavailableError,
     Interrupted,
+    MissingExtraError,
     ModelNotFoundError,
     NotInstructionTunedWarning,
     SourceError,
@@ -55,6 +57,7 @@ __all__ = [
     "GGUFError",
     "HubUnavailableError",
     "Interrupted",
+    "MissingExtraError",
     "ModelNotFoundError",
     "NotInstructionTunedWarning",
     "SamplingParams",
@@ -65,6 +68,7 @@ __all__ = [
     "distribute",
     "distribution",
     "load",
+    "serve",
     "use_backend",
 ]
 
@@ -89,6 +93,27 @@ def load(source: Any = None, **kwargs: Any) -> Gemma:
     from gemma_keras.sources.resolve import load as _load
 
     return _load(source, **kwargs)
+
+
+def serve(model: Any = None, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> int:
+    """Serves a model over OpenAI's HTTP API until SIGTERM; returns 0 after a graceful stop.
+
+    `model` is a loaded `Gemma`, or a source for `load` (None: the embedded
+    model), loaded in the background while `/health` says `loading`.
+    `options` are `gemma_keras.serving.server.Server`'s (`max_batch`,
+    `max_queue`, `api_key`, `grace`, ...). Needs the `serve` extra.
+
+    Example:
+
+    >>> import gemma_keras as gk
+    >>> gk.serve(gk.load(), port=8000)  # doctest: +SKIP
+    """
+    from gemma_keras.serving.server import serve as _serve
+
+    if model is None or isinstance(model, (str, os.PathLike)):
+        source = model
+        return _serve(lambda: load(source), host, port, **options)
+    return _serve(model, host, port, **options)
 
 
 def distribute(

@@ -71,6 +71,10 @@ class ExportError(GemmaKerasError):
     """
 
 
+class MissingExtraError(GemmaKerasError, ImportError):
+    """A feature's optional dependencies are not installed; the message names the extra."""
+
+
 class NotInstructionTunedWarning(UserWarning):
     """`chat()` runs on a pretrained model, which continues text rather than answering."""
 

@@ -5,6 +5,7 @@ gemma-keras generate "The capital of France is" --backend jax --max-new-tokens 3
 gemma-keras chat --backend torch --system "Answer briefly."
 gemma-keras finetune train.jsonl --lora-rank 8 --out run/
 gemma-keras export model.gguf --to gemma-hf --format safetensors
+gemma-keras serve model.gguf --backend jax --port 8000 --max-batch 8
 
 Third-party log lines (TensorFlow, XLA, absl) are hidden; `--verbose` (or
 GEMMA_KERAS_VERBOSE=1) shows them. Results go to stdout, progress and
@@ -125,6 +126,51 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     finally:
         print(flush=True)
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import gemma_keras as gk
+    from gemma_keras.serving.server import Server
+
+    for flag, value, low in (
+        ("--port", args.port, 0),
+        ("--max-batch", args.max_batch, 1),
+        ("--max-queue", args.max_queue, 0),
+        ("--max-body-bytes", args.max_body_bytes, 1024),
+        ("--default-max-tokens", args.default_max_tokens, 1),
+    ):
+        if value < low or (flag == "--port" and value > 65535):
+            raise UsageError(
+                f"{flag} must be {'0..65535' if flag == '--port' else f'>= {low}'}, got {value}."
+            )
+    if args.grace < 0:
+        raise UsageError(f"--grace must be >= 0 seconds, got {args.grace}.")
+    if args.adapters is not None:
+        _readable_file("--adapters", args.adapters)
+    api_key = args.api_key or os.environ.get("GEMMA_KERAS_API_KEY") or None
+
+    def load():
+        lm = gk.load(args.model, dtype=args.dtype)
+        if args.adapters is not None:
+            lm.load_adapters(args.adapters)
+        if args.quantize is not None:
+            lm.quantize(args.quantize)
+        return lm
+
+    server = Server(
+        load,
+        args.host,
+        args.port,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        api_key=api_key,
+        grace=args.grace,
+        max_body_bytes=args.max_body_bytes,
+        default_max_tokens=args.default_max_tokens,
+        name=args.name,
+        log_level="info" if args.verbose else "warning",
+    )
+    return server.run()
 
 
 def _tolerant_stdin():
@@ -352,7 +398,32 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     _add_common_flags(exp)
     exp.set_defaults(func=_cmd_export)
-    parser.commands = {"info": info, "generate": gen, "chat": chat, "finetune": tune, "export": exp}
+    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
+    srv.add_argument("model", nargs="?", default=None, help="the model (default: embedded Gemma 3 270M)")
+    _add_common_flags(srv)
+    srv.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    srv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
+    srv.add_argument("--max-batch", type=int, default=8, help="rows decoding at once (default: 8)")
+    srv.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; more get 429")
+    srv.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or GEMMA_KERAS_API_KEY)"
+    )
+    srv.add_argument("--adapters", default=None, help="LoRA adapters (.npz from finetune) to apply")
+    srv.add_argument("--quantize", choices=["int8"], default=None, help="quantize the weights after loading")
+    srv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM")
+    srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    srv.add_argument("--default-max-tokens", type=int, default=512, help="a chat reply's budget when unset")
+    srv.add_argument("--name", default=None, help="the model id clients send (default: from the source)")
+    srv.set_defaults(func=_cmd_serve)
+    parser.commands = {
+        "info": info,
+        "generate": gen,
+        "chat": chat,
+        "finetune": tune,
+        "export": exp,
+        "serve": srv,
+    }
     return parser
 
 
@@ -384,7 +455,7 @@ def _writable_place(name: str, value: str, directory: bool) -> None:
         raise UsageError(f"{name} {value} cannot be written: {parent} is read-only or not ours.")
 
 
-_POSITIONALS = {"prompt": "the prompt", "data": "the data file", "source": "the source"}
+_POSITIONALS = {"prompt": "the prompt", "data": "the data file", "source": "the source", "model": "the model"}
 
 
 def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -199,11 +199,15 @@ class Batch:
         context_length: int | None = None,
         rows: int | None = None,
         length: int | None = None,
+        reserve: int = 0,
     ) -> tuple[Batch, np.ndarray]:
         """Runs the prompts through the model; returns the batch and each row's next-token logits.
 
         `rows` and `length` ask for room beyond the requests: free rows and
-        cache positions for requests that join later.
+        cache positions for requests that join later. `reserve` places the
+        prompts to end at that position at least (the columns before them
+        stay masked), so a later prompt of up to `reserve` tokens can join
+        at once instead of waiting for decoding to get that far.
         """
         if not requests:
             raise GenerationArgumentError("there is nothing to generate: no prompts were given.")
@@ -217,16 +221,16 @@ class Batch:
                 f"exceeds the model's context of {context_length} tokens."
             )
         prompt_len = bucket(longest, MIN_PROMPT_BUCKET)
+        end = max(prompt_len, int(reserve))
         # Room for a greedy chunk that runs past the last token asked for.
-        length = bucket(max(prompt_len + budget + max(runner.chunk, 1), length or 0), MIN_CACHE_BUCKET)
+        length = bucket(max(end + budget + max(runner.chunk, 1), length or 0), MIN_CACHE_BUCKET)
         batch = cls(runner, max(len(requests), rows or 0), length, pad_id, detokenize)
         tokens = np.full((batch.size, prompt_len), pad_id, dtype=np.int32)
         for row, request in enumerate(requests):
-            start = prompt_len - len(request.prompt)
-            tokens[row, start:] = request.prompt
-            batch._place(row, request, start)
-        logits, batch.cache = runner.forward(tokens, batch._runner_mask(), batch.cache, 0)
-        batch.index = prompt_len
+            tokens[row, prompt_len - len(request.prompt) :] = request.prompt
+            batch._place(row, request, end - len(request.prompt))
+        logits, batch.cache = runner.forward(tokens, batch._runner_mask(), batch.cache, end - prompt_len)
+        batch.index = end
         return batch, logits
 
     def free_rows(self) -> list[int]:
@@ -262,6 +266,27 @@ class Batch:
         self.cache = self.runner.copy_row(self.cache, row, alone.cache, 0)
         state = self._place(row, request, start)
         return row, state.accept(row, state.pick(logits[0]))
+
+    def resize(self, rows: int) -> dict[int, int]:
+        """Moves the active rows into a cache of `rows` slots; returns {old row: new row}.
+
+        Continuous batching grows a batch when requests arrive and shrinks it
+        when they end, so a lone request does not pay for idle rows. Each
+        active row's cache is copied whole; nothing is recomputed.
+        """
+        active = self.active
+        multiple = max(1, self.runner.batch_multiple)
+        size = -(-max(rows, len(active), 1) // multiple) * multiple
+        cache = self.runner.new_cache(size, self.length)
+        mask = np.zeros((size, self.length), dtype=np.int32)
+        moved = {}
+        for new, old in enumerate(active):
+            cache = self.runner.copy_row(cache, new, self.cache, old)
+            mask[new] = self.mask[old]
+            moved[old] = new
+        self.rows = [self.rows[old] for old in active] + [None] * (size - len(active))
+        self.size, self.cache, self.mask, self._mask = size, cache, mask, None
+        return moved
 
     def leave(self, row: int) -> None:
         """Ends a row now (a cancelled request); its slot is free for `join`."""

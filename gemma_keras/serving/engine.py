@@ -1,0 +1,280 @@
+"""The serving engine: continuous batching over `decode.Batch`, in one thread.
+
+Requests arrive from the web server's event loop at any time. The engine's
+thread takes them between decode steps: a request joins a running batch
+when its prompt fits before the batch's position and its budget fits after
+it (a batch starts with `reserve` columns before decoding, so most prompts
+fit at once); otherwise it starts a new batch. Rows that end or whose
+client went away leave at once, so a long request never holds a short one
+back. A batch grows (by powers of two) as rows join and shrinks as they
+leave, so a lone request does not pay for idle rows.
+
+At most `max_batch` rows decode at once; up to `max_queue` more wait, in
+arrival order, and beyond that `submit` raises `QueueFull` (HTTP 429).
+
+Results go back through each job's `deliver` callback, called from the
+engine thread with a `decode.Event` or, if the model failed, an exception.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gemma_keras.buckets import bucket
+from gemma_keras.generation.decode import MIN_PROMPT_BUCKET, Batch, Event, Request
+
+# Prompt columns kept free before decoding starts: a prompt of up to this many
+# tokens can join a running batch at once.
+DEFAULT_RESERVE = 256
+
+
+class QueueFull(Exception):
+    """The wait queue is full; try again after `retry_after` seconds."""
+
+    def __init__(self, waiting: int, retry_after: int = 1):
+        super().__init__(f"the server is busy: {waiting} requests are waiting already.")
+        self.retry_after = retry_after
+
+
+class EngineStopped(Exception):
+    """The engine stopped before the request ran."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One row of generation and where its events go.
+
+    `deliver` is called from the engine thread, once per event, with a
+    `decode.Event`, or with an exception when the job fails; the event with
+    a `finish_reason` (or the exception) is the last.
+    """
+
+    request: Request
+    deliver: Callable[[Event | BaseException], None]
+    submitted: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    tokens: int = 0
+    cancelled: bool = False
+    finished: bool = False
+
+
+class _Running:
+    def __init__(self, batch: Batch, jobs: dict[int, Job]):
+        self.batch = batch
+        self.jobs = jobs
+
+
+class Engine:
+    """Continuous batching for one model.
+
+    Args:
+        runner, pad_id, detokenize, context_length: as `decode.Batch` takes them.
+        max_batch: rows decoding at once, over all batches.
+        max_queue: requests waiting beyond those.
+        reserve: prompt columns a new batch keeps before decoding.
+        min_length: the smallest cache a batch gets, so most requests fit in it.
+        on_step: called after each decode step with (active rows, waiting requests).
+    """
+
+    def __init__(
+        self,
+        runner,
+        pad_id: int,
+        detokenize: Callable[[list[int]], str],
+        context_length: int | None,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        reserve: int = DEFAULT_RESERVE,
+        min_length: int = 1024,
+        on_step: Callable[[int, int], None] | None = None,
+    ):
+        self.runner = runner
+        self.pad_id = pad_id
+        self.detokenize = detokenize
+        self.context_length = context_length
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.reserve = reserve
+        self.min_length = min_length
+        self.on_step = on_step or (lambda active, waiting: None)
+        self._waiting: deque[Job] = deque()
+        self._running: list[_Running] = []
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # --- called from any thread ----------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="gemma-keras-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queues jobs (all or none); raises `QueueFull` or `EngineStopped`."""
+        with self._wake:
+            if self._stop:
+                raise EngineStopped("the server is shutting down.")
+            if len(self._waiting) + len(jobs) > self.max_queue + max(0, self.max_batch - self.active_rows):
+                raise QueueFull(len(self._waiting))
+            self._waiting.extend(jobs)
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Frees the job's row at the next step (its client went away)."""
+        job.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active_rows(self) -> int:
+        return sum(len(r.batch.active) for r in self._running)
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Ends the thread; jobs still waiting or running fail with `EngineStopped`."""
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # --- the engine thread ------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self._waiting and not self._running:
+                    self._wake.wait()
+                if self._stop:
+                    break
+            self._drop_cancelled()
+            self._admit()
+            for running in list(self._running):
+                self._step(running)
+            self._running = [r for r in self._running if r.batch.active]
+            self.on_step(self.active_rows, len(self._waiting))
+        error = EngineStopped("the server shut down before the request finished.")
+        for job in [*self._waiting, *(j for r in self._running for j in r.jobs.values())]:
+            self._fail(job, error)
+
+    def _admit(self) -> None:
+        fresh: list[Job] = []
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled:
+                self._waiting.popleft()
+                self._finish(job, Event(-1, None, "", "cancelled"))
+                continue
+            if self.active_rows + len(fresh) >= self.max_batch:
+                break
+            self._waiting.popleft()
+            if not self._join(job):
+                fresh.append(job)
+        if fresh:
+            self._start(fresh)
+
+    def _join(self, job: Job) -> bool:
+        request = job.request
+        padded = bucket(len(request.prompt), MIN_PROMPT_BUCKET)
+        for running in sorted(self._running, key=lambda r: -len(r.batch.active)):
+            batch = running.batch
+            room = batch.length - batch.index - max(self.runner.chunk, 1)
+            if padded > batch.index or request.max_new_tokens > room:
+                continue
+            if not batch.free_rows():
+                self._resize(running, bucket(len(batch.active) + 1, 1))
+            try:
+                row, events = batch.join(request)
+            except Exception as exc:  # a model failure ends this job only
+                self._fail(job, exc)
+                return True
+            running.jobs[row] = job
+            self._dispatch(running, events)
+            return True
+        return False
+
+    def _start(self, jobs: list[Job]) -> None:
+        budget = max(j.request.max_new_tokens for j in jobs)
+        longest = max(len(j.request.prompt) for j in jobs)
+        reserve = self.reserve
+        length = max(self.min_length, reserve + budget + max(self.runner.chunk, 1))
+        if self.context_length is not None:
+            # A cache past the context would let a joining row run past it.
+            reserve = max(min(reserve, self.context_length - budget), bucket(longest, MIN_PROMPT_BUCKET))
+            length = min(length, bucket(reserve + budget + max(self.runner.chunk, 1), 128))
+        try:
+            batch, events = Batch.start(
+                self.runner,
+                [j.request for j in jobs],
+                pad_id=self.pad_id,
+                detokenize=self.detokenize,
+                rows=bucket(len(jobs), 1),
+                length=length,
+                reserve=reserve,
+            )
+        except Exception as exc:
+            for job in jobs:
+                self._fail(job, exc)
+            return
+        running = _Running(batch, dict(enumerate(jobs)))
+        self._running.append(running)
+        self._dispatch(running, events)
+
+    def _step(self, running: _Running) -> None:
+        if not running.batch.active:
+            return
+        try:
+            events = running.batch.step()
+        except Exception as exc:
+            for job in running.jobs.values():
+                self._fail(job, exc)
+            running.jobs.clear()
+            for row in running.batch.active:
+                running.batch.leave(row)
+            return
+        self._dispatch(running, events)
+        active = len(running.batch.active)
+        if active and bucket(active, 1) < running.batch.size:
+            self._resize(running, bucket(active, 1))
+
+    def _resize(self, running: _Running, rows: int) -> None:
+        moved = running.batch.resize(rows)
+        running.jobs = {moved[row]: job for row, job in running.jobs.items() if row in moved}
+
+    def _drop_cancelled(self) -> None:
+        for running in self._running:
+            for row, job in list(running.jobs.items()):
+                if job.cancelled and not job.finished:
+                    running.batch.leave(row)
+                    del running.jobs[row]
+                    self._finish(job, Event(row, None, "", "cancelled"))
+
+    def _dispatch(self, running: _Running, events: list[Event]) -> None:
+        now = time.monotonic()
+        for event in events:
+            job = running.jobs.get(event.row)
+            if job is None:
+                continue
+            if event.token is not None:
+                job.tokens += 1
+                if job.first_token is None:
+                    job.first_token = now
+            if event.finish_reason is not None:
+                del running.jobs[event.row]
+                self._finish(job, event)
+            elif not job.cancelled:
+                job.deliver(event)
+
+    def _finish(self, job: Job, event: Event) -> None:
+        job.finished = True
+        job.deliver(event)
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        if not job.finished:
+            job.finished = True
+            job.deliver(error)

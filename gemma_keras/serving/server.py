@@ -1,0 +1,214 @@
+"""Running the app under uvicorn: loading in the background, warm-up, readiness and a graceful stop.
+
+The server listens at once, so a load balancer or Kubernetes sees a live
+process whose `/health` says `loading` (503) while the model loads and
+compiles; it says `ready` (200) once a warm-up has compiled the batch
+shapes decoding uses. On SIGTERM it stops accepting requests, `/health`
+says `draining`, the requests in flight finish (for at most `grace`
+seconds) and `serve` returns 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gemma_keras.generation.decode import Request
+from gemma_keras.generation.sampling import SamplingParams
+from gemma_keras.serving.app import ServerState, make_app
+from gemma_keras.serving.engine import Engine, Job
+
+
+def model_name(lm) -> str:
+    """The id `/v1/models` lists: the source's file or preset name."""
+    source = str(lm.info.source)
+    if source.startswith("embedded:"):
+        return source.split(":", 1)[1]
+    name = Path(source.rstrip("/")).name
+    return name.removesuffix(".gguf") or source
+
+
+def warm_up(engine: Engine, lm, rows: int) -> None:
+    """Runs staggered greedy then sampled rows, so each batch size's shapes are compiled before serving."""
+    prompt = lm.tokenizer.encode("Hello", add_bos=True)
+    step = max(engine.runner.chunk, 1)
+    done = threading.Semaphore(0)
+
+    def deliver(item: Any) -> None:
+        if isinstance(item, BaseException) or item.finish_reason is not None:
+            done.release()
+
+    for sampling in (SamplingParams(), SamplingParams(temperature=1.0, seed=0)):
+        jobs = [Job(Request(prompt, 1 + i * step, sampling), deliver) for i in range(rows)]
+        engine.submit(jobs)
+        for _ in jobs:
+            done.acquire()
+
+
+def _log(message: str) -> None:
+    print(f"gemma-keras serve: {message}", file=sys.stderr, flush=True)
+
+
+class _Uvicorn(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: ServerState):
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig: int, frame) -> None:
+        self.state.draining = True  # /health says so, and new requests get 503
+        super().handle_exit(sig, frame)
+
+
+class Server:
+    """A server for one model; `run()` blocks, `start()` runs it in a thread (for tests and notebooks).
+
+    Args:
+        model: a loaded `Gemma`, or a function that loads one (called in a
+            background thread while `/health` says `loading`).
+        host, port: where to listen (port 0: any free port; see `port` after start).
+        max_batch: rows decoding at once.
+        max_queue: requests waiting beyond those; more get 429.
+        api_key: when set, `/v1/*` needs `Authorization: Bearer <api_key>`.
+        grace: seconds requests in flight get to finish after SIGTERM.
+        max_body_bytes: larger request bodies get 413.
+        default_max_tokens: a chat reply's budget when the request sets none.
+        name: the model id clients send (default: from the model's source).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        api_key: str | None = None,
+        grace: float = 30.0,
+        max_body_bytes: int = 1 << 20,
+        default_max_tokens: int = 512,
+        name: str | None = None,
+        log_level: str = "warning",
+    ):
+        self.loader: Callable[[], Any] = (
+            model if callable(model) and not hasattr(model, "runner") else (lambda: model)
+        )
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.name = name
+        self.state = ServerState(
+            model_name=name or "",
+            api_key=api_key,
+            max_body_bytes=max_body_bytes,
+            default_max_tokens=default_max_tokens,
+        )
+        config = uvicorn.Config(
+            make_app(self.state),
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=grace,
+            lifespan="off",
+        )
+        self.uvicorn = _Uvicorn(config, self.state)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        for server in getattr(self.uvicorn, "servers", []):
+            for sock in server.sockets:
+                return sock.getsockname()[1]
+        return self.uvicorn.config.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.uvicorn.config.host}:{self.port}"
+
+    def _prepare(self) -> None:
+        try:
+            started = time.monotonic()
+            lm = self.loader()
+            self.state.model_name = self.name or model_name(lm)
+            engine = Engine(
+                lm.runner,
+                lm.tokenizer.pad_id,
+                lm.tokenizer.decode,
+                lm.info.context_length,
+                max_batch=self.max_batch,
+                max_queue=self.max_queue,
+                on_step=self.state.metrics.engine_state,
+            )
+            engine.start()
+            self.state.lm, self.state.engine = lm, engine
+            warm_up(engine, lm, self.max_batch)
+            self.state.ready = True
+            _log(f"ready: {self.state.model_name} in {time.monotonic() - started:.1f} s")
+        except BaseException as exc:  # /health reports it; the process stays up to say so
+            self.state.load_error = f"{type(exc).__name__}: {exc}"
+            _log(f"the model could not be loaded: {self.state.load_error}")
+
+    def run(self) -> int:
+        """Serves until SIGTERM or SIGINT; returns 0 after a graceful stop."""
+        threading.Thread(target=self._prepare, name="gemma-keras-load", daemon=True).start()
+        stopped = []
+        # uvicorn re-raises the signal it handled once it is done; ours only notes it, so the
+        # process exits 0 after a SIGTERM rather than dying of the signal.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+        try:
+            _log(f"listening on http://{self.uvicorn.config.host}:{self.uvicorn.config.port}")
+            self.uvicorn.run()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self.close()
+        return 0
+
+    def start(self, timeout: float = 600.0) -> Server:
+        """Serves from a thread; returns once the model is ready (or raises why not)."""
+        self._thread = threading.Thread(target=self.uvicorn.run, name="gemma-keras-server", daemon=True)
+        self._thread.start()
+        self._prepare()
+        deadline = time.monotonic() + timeout
+        while not self.uvicorn.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the HTTP server did not start (port in use?).")
+            time.sleep(0.01)
+        if self.state.load_error:
+            self.stop()
+            raise RuntimeError(self.state.load_error)
+        return self
+
+    def stop(self) -> None:
+        """Stops serving as SIGTERM does, and waits for it."""
+        self.state.draining = True
+        self.uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+        self.close()
+
+    def close(self) -> None:
+        if self.state.engine is not None:
+            self.state.engine.stop()
+
+
+def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> int:
+    """Serves `model` (a `Gemma`, or a function that loads one) over OpenAI's HTTP API until SIGTERM.
+
+    `options` are `Server`'s. Returns 0 after a graceful stop.
+
+    Example:
+
+    >>> gk.serve(lm, port=8000)  # doctest: +SKIP
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return Server(model, host, port, **options).run()
