@@ -26,23 +26,20 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 
-# The flags of `gemma-keras serve`, from the server's contract. When the server
-# lands, replace this constant with the flags parsed from `gemma-keras serve --help`.
-SERVE_FLAGS = frozenset(
-    {
-        "--backend",
-        "--host",
-        "--port",
-        "--max-batch",
-        "--max-queue",
-        "--api-key",
-        "--adapters",
-        "--quantize",
-        "--grace",
-        "--max-body-bytes",
-    }
-)
-SERVE_DEFAULT_GRACE = 30.0
+
+
+def _serve_flags() -> tuple[frozenset[str], float]:
+    """The flags and the --grace default of the real `gemma-keras serve` parser."""
+    from gemma_keras.cli.commands import build_parser
+
+    command = build_parser().commands["serve"]
+    flags = {flag for action in command._actions for flag in action.option_strings if flag.startswith("--")}
+    grace = next(a.default for a in command._actions if "--grace" in a.option_strings)
+    return frozenset(flags - {"--help"}), float(grace)
+
+
+SERVE_FLAGS, SERVE_DEFAULT_GRACE = _serve_flags()
+
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 # The oldest Kubernetes minor the manifests must be valid for (strict: no unknown fields).
