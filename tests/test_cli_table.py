@@ -127,6 +127,20 @@ CASES = {
         (["export", "", "--to", "x.gguf"], "the source is not a usable path"),
         (["export", BAD, "--to", "x.gguf"], "the source is not valid text"),
     ],
+    "serve": [
+        (["serve", "missing.gguf", "--nope"], "unrecognized arguments: --nope"),
+        (["serve", "missing.gguf", "--port", "x"], "invalid int value: 'x'"),
+        (["serve", "missing.gguf", "--port", "70000"], "--port must be 0..65535"),
+        (["serve", "missing.gguf", "--max-batch", "0"], "--max-batch must be >= 1"),
+        (["serve", "missing.gguf", "--max-queue", "-1"], "--max-queue must be >= 0"),
+        (["serve", "missing.gguf", "--max-body-bytes", "10"], "--max-body-bytes must be >= 1024"),
+        (["serve", "missing.gguf", "--grace", "-1"], "--grace must be >= 0"),
+        (["serve", "missing.gguf", "--quantize", "int3"], "invalid choice: 'int3'"),
+        (["serve", "missing.gguf", "--adapters", "nope.npz"], "--adapters nope.npz does not exist"),
+        (["serve", "missing.gguf", "--backend", "nope"], "Unknown backend 'nope'"),
+        (["serve", "folder/missing.gguf"], "the model folder/missing.gguf does not exist"),
+        (["serve", BAD], "the model is not valid text"),
+    ],
 }
 
 

@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 
 
-
 def _serve_flags() -> tuple[frozenset[str], float]:
     """The flags and the --grace default of the real `gemma-keras serve` parser."""
     from gemma_keras.cli.commands import build_parser

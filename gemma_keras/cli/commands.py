@@ -147,6 +147,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--grace must be >= 0 seconds, got {args.grace}.")
     if args.adapters is not None:
         _readable_file("--adapters", args.adapters)
+    model = args.model
+    looks_local = (
+        model is not None and "://" not in model and (os.sep in model or Path(model).suffix == ".gguf")
+    )
+    if looks_local and not Path(model).expanduser().exists():
+        # The server loads in the background; a missing file is found here, before it listens.
+        raise UsageError(f"the model {model} does not exist.")
     api_key = args.api_key or os.environ.get("GEMMA_KERAS_API_KEY") or None
 
     def load():

@@ -120,6 +120,7 @@ class Server:
         )
         self.uvicorn = _Uvicorn(config, self.state)
         self._thread: threading.Thread | None = None
+        self.load_exception: BaseException | None = None
 
     @property
     def port(self) -> int:
@@ -151,12 +152,16 @@ class Server:
             warm_up(engine, lm, self.max_batch)
             self.state.ready = True
             _log(f"ready: {self.state.model_name} in {time.monotonic() - started:.1f} s")
-        except BaseException as exc:  # /health reports it; the process stays up to say so
+        except BaseException as exc:  # noqa: BLE001 - /health reports it, then `run` raises it
             self.state.load_error = f"{type(exc).__name__}: {exc}"
-            _log(f"the model could not be loaded: {self.state.load_error}")
+            self.load_exception = exc
+            self.uvicorn.should_exit = True  # an orchestrator restarts or reports a process that ends
 
     def run(self) -> int:
-        """Serves until SIGTERM or SIGINT; returns 0 after a graceful stop."""
+        """Serves until SIGTERM or SIGINT; returns 0 after a graceful stop.
+
+        If the model cannot be loaded, the server stops and the loading error is raised.
+        """
         threading.Thread(target=self._prepare, name="gemma-keras-load", daemon=True).start()
         stopped = []
         # uvicorn re-raises the signal it handled once it is done; ours only notes it, so the
@@ -171,6 +176,8 @@ class Server:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             self.close()
+        if self.load_exception is not None:
+            raise self.load_exception
         return 0
 
     def start(self, timeout: float = 600.0) -> Server:
