@@ -45,6 +45,10 @@ class GenerationError(GemmaKerasError, RuntimeError):
     """Generation cannot go on: the model gave something no token can be picked from (NaN logits)."""
 
 
+class MissingDependencyError(GemmaKerasError, ImportError):
+    """An optional dependency that a feature needs is not installed; the message says which extra to install."""
+
+
 class CacheError(GemmaKerasError, RuntimeError):
     """The conversion cache could not be written or read."""
 
