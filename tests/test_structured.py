@@ -226,6 +226,11 @@ def test_a_constraint_that_allows_nothing_is_a_generation_error(lm):
         Batch.start(lm.runner, [Request(lm.tokenizer.encode("hi"), 4, constraint=Stuck())])
 
 
+def test_a_request_refuses_a_constraint_that_is_not_one(lm):
+    with pytest.raises(gk.GenerationArgumentError, match="constraint"):
+        Batch.start(lm.runner, [Request(lm.tokenizer.encode("hi"), 4, constraint=PERSON)])
+
+
 @pytest.mark.parametrize(
     "schema, reason",
     [
@@ -236,6 +241,8 @@ def test_a_constraint_that_allows_nothing_is_a_generation_error(lm):
         ([{"type": "object"}], "dict"),
         ("object", "dict"),
         (42, "dict"),
+        (np.array([1, 2]), "dict"),
+        (False, "dict"),
         ({"x": {1, 2}}, "serializable"),
     ],
 )

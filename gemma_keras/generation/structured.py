@@ -131,7 +131,7 @@ def ll_tokenizer(tokenizer):
 
 
 def _schema_text(schema: Any) -> str:
-    if schema is True or schema == "json_object":
+    if schema is True or (isinstance(schema, str) and schema == "json_object"):
         schema = ANY_OBJECT
     if not isinstance(schema, Mapping):
         raise GenerationArgumentError(
