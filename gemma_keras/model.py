@@ -41,6 +41,7 @@ from gemma_keras.generation.decode import Request, decode, next_token_logits
 from gemma_keras.generation.runner import Runner, make_runner
 from gemma_keras.generation.sampling import SamplingParams
 from gemma_keras.generation.streaming import check_stop_strings
+from gemma_keras.generation.structured import json_constraint
 from gemma_keras.training import lora
 from gemma_keras.training.config import FinetuneConfig
 from gemma_keras.training.loop import FinetuneResult, finetune
@@ -140,6 +141,7 @@ class Gemma:
         stop: str | Sequence[str] | None = None,
         include_prompt: bool = False,
         add_bos: bool = True,
+        json_schema: Mapping[str, Any] | bool | str | None = None,
     ) -> str | list[str]:
         """Generates a continuation of one prompt or a list of prompts.
 
@@ -156,6 +158,14 @@ class Gemma:
         stream `i`, so rows of one call differ and results repeat.
         `add_bos` applies to text prompts; ids are used as given.
 
+        `json_schema` constrains each row's output to JSON that the schema
+        (a dict) accepts, or to any JSON object with `True` (`"json_object"`
+        too): tokens that would break it are never picked, greedy or
+        sampled. A row ends once its JSON is complete. A row cut by
+        `max_new_tokens` (or a `stop` string) may hold incomplete JSON.
+        Needs llguidance (`pip install 'gemma-keras[structured]'`); see
+        docs/generation.md for the schema features it supports.
+
         Returns:
             A string for one prompt, a list of strings for a list of prompts.
 
@@ -166,7 +176,7 @@ class Gemma:
         prompts, single = _prompts(prompt)
         include_prompt = _flag("include_prompt", include_prompt)
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-        requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos)
+        requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos, json_schema)
         texts = [""] * len(prompts)
         for event in self._decode(requests):
             texts[event.row] += event.text
@@ -188,12 +198,14 @@ class Gemma:
         stop_token_ids: Sequence[int] | None = None,
         stop: str | Sequence[str] | None = None,
         add_bos: bool = True,
+        json_schema: Mapping[str, Any] | bool | str | None = None,
     ) -> Iterator[str]:
         """Yields the continuation of one prompt (text or token ids) in pieces as tokens are decoded.
 
         The pieces join to exactly what `generate` returns for the same
         arguments. A multi-byte character split over several tokens comes
-        out whole. Closing the iterator early stops decoding.
+        out whole. Closing the iterator early stops decoding. `json_schema`
+        constrains the output as in `generate`.
 
         Example:
 
@@ -206,7 +218,7 @@ class Gemma:
                 "stream takes one prompt (a string or a list of token ids), not a list of prompts."
             )
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-        requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos)
+        requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos, json_schema)
         return (event.text for event in self._decode(requests) if event.text)
 
     def encode_messages(
@@ -251,7 +263,9 @@ class Gemma:
             context_length=self.info.context_length,
         )
 
-    def _requests(self, prompts, max_new_tokens, params, stop_token_ids, stop, add_bos) -> list[Request]:
+    def _requests(
+        self, prompts, max_new_tokens, params, stop_token_ids, stop, add_bos, json_schema=None
+    ) -> list[Request]:
         stops = check_stop_strings(stop)
         stop_ids = self._stop_ids(stop_token_ids)
         add_bos = _flag("add_bos", add_bos)
@@ -270,6 +284,9 @@ class Gemma:
             request = Request(ids, int(max_new_tokens), params, stop_ids, stops, i)
             request.check(self.tokenizer.vocabulary_size, where)
             requests.append(request)
+        if json_schema is not None:  # after every other check; each row gets its own
+            for request in requests:
+                request.constraint = json_constraint(self.tokenizer, json_schema)
         return requests
 
     def _prompt_text(self, prompt) -> str:

@@ -15,9 +15,15 @@ over any `Runner`:
 - `decode` and `generate_ids`: whole generations of a fixed set of rows,
   as `generate`, `stream` and `chat` run them.
 
-Greedy rows without a repetition penalty run in the runner's compiled chunks
-when every active row is such a row; otherwise each step samples on the host
-with NumPy (`sampling.py`), so a seed picks the same tokens on every backend.
+Greedy rows without a repetition penalty or a constraint run in the runner's
+compiled chunks when every active row is such a row; otherwise each step
+samples on the host with NumPy (`sampling.py`), so a seed picks the same
+tokens on every backend.
+
+A row with a `constraint` (structured output, `structured.py`) has the
+tokens its grammar refuses set to -inf before each pick, greedy or sampled;
+its stop ids are allowed only once its text is complete, and it ends as soon
+as nothing but a stop could follow.
 
 Prompts and the cache are bucketed to powers of two, so a new prompt length
 or `max_new_tokens` within a bucket reuses the runner's compiled functions.
@@ -36,10 +42,11 @@ import numpy as np
 
 from gemma_keras.buckets import bucket
 from gemma_keras.checks import is_integer, positive_int
-from gemma_keras.errors import GenerationArgumentError
+from gemma_keras.errors import GenerationArgumentError, GenerationError
 from gemma_keras.generation.runner import Runner
 from gemma_keras.generation.sampling import SamplingParams, next_tokens
 from gemma_keras.generation.streaming import TextCollector
+from gemma_keras.generation.structured import Constraint
 
 MIN_PROMPT_BUCKET = 16
 MIN_CACHE_BUCKET = 128
@@ -59,6 +66,9 @@ class Request:
             text is cut before them. They need a `detokenize` function.
         stream: the row's index in its own seeded draw: row `i` of a batch
             samples like a lone prompt with `stream=i`.
+        constraint: keeps the row's tokens inside a grammar (a `structured.Constraint`,
+            e.g. `structured.json_constraint(tokenizer, schema)`); one per row, as it
+            holds the row's state.
     """
 
     prompt: Sequence[int]
@@ -67,6 +77,7 @@ class Request:
     stop_ids: frozenset[int] = frozenset()
     stop: tuple[str, ...] = ()
     stream: int = 0
+    constraint: Constraint | None = None
 
     def check(self, vocab_size: int, where: str = "prompt") -> None:
         """Raises `GenerationArgumentError` naming the first bad field."""
@@ -82,6 +93,11 @@ class Request:
         if bad:
             raise GenerationArgumentError(
                 f"stop_token_ids {sorted(bad)} are outside the vocabulary (0..{vocab_size - 1})."
+            )
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise GenerationArgumentError(
+                "constraint must have allowed(), accept(token), accepting and done "
+                f"(a structured.Constraint), got {type(self.constraint).__name__}."
             )
 
 
@@ -113,14 +129,32 @@ class _Row:
 
     @property
     def plain_greedy(self) -> bool:
-        return self.request.sampling.greedy and self.seen is None
+        return self.request.sampling.greedy and self.seen is None and self.request.constraint is None
 
     @property
     def ids(self) -> list[int]:
         return self.collector.ids
 
     def pick(self, logits: np.ndarray) -> int:
+        constraint = self.request.constraint
+        if constraint is not None:
+            logits = np.where(self._allowed(constraint, logits.shape[-1]), logits, -np.inf)
         return int(next_tokens(logits[None, :], self.request.sampling, self.rng, self.seen)[0])
+
+    def _allowed(self, constraint: Constraint, vocab_size: int) -> np.ndarray:
+        """The tokens the row may pick next: the grammar's, and its stop ids once the text is complete."""
+        allowed = np.zeros(vocab_size, dtype=bool)
+        if not constraint.done:
+            grammar = np.asarray(constraint.allowed(), dtype=bool)[:vocab_size]
+            allowed[: len(grammar)] = grammar
+        if constraint.accepting:
+            allowed[[i for i in self.request.stop_ids if i < vocab_size]] = True
+        if not allowed.any():
+            raise GenerationError(
+                "the output constraint allows no token here (the grammar is stuck, or it is "
+                "complete and the row has no stop_token_ids to end with)."
+            )
+        return allowed
 
     def accept(self, row: int, token: int) -> list[Event]:
         """Takes one picked token; returns the events it causes."""
@@ -131,8 +165,12 @@ class _Row:
         else:
             if self.seen is not None:
                 self.seen[0, token] = True
+            if self.request.constraint is not None:
+                self.request.constraint.accept(token)
             events.append(Event(row, token, self.collector.feed(token)))
-            if self.collector.stopped:
+            if self.collector.stopped or (
+                self.request.constraint is not None and self.request.constraint.done
+            ):
                 self.finish_reason = "stop"
             elif self.count >= self.request.max_new_tokens:
                 self.finish_reason = "length"
