@@ -33,7 +33,7 @@ WEATHER_TOOL = {
         "description": "The current weather in a city.",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "properties": {"city": {"type": "string", "maxLength": 12}},
             "required": ["city"],
             "additionalProperties": False,
         },
@@ -42,8 +42,8 @@ WEATHER_TOOL = {
 CITY_SCHEMA = {
     "type": "object",
     "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "country": {"type": "string", "maxLength": 20},
+        "city": {"type": "string", "maxLength": 12},
+        "country": {"type": "string", "maxLength": 12},
     },
     "required": ["city", "country"],
     "additionalProperties": False,
@@ -81,7 +81,11 @@ def run(client: OpenAI, max_tokens: int = 48) -> dict:
 
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     first = client.chat.completions.create(
-        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=max_tokens
+        model=model,
+        messages=messages,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=max_tokens * 2,
     )
     call = first.choices[0].message.tool_calls[0]
     arguments = json.loads(call.function.arguments)

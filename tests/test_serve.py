@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,7 +31,7 @@ WAIT = 120  # seconds a state change may take on a loaded CI machine; never a sp
 
 @pytest.fixture(scope="module")
 def lm(tiny_model):
-    return tiny_model("gemma3")
+    return tiny_model("gemma3", context=2048)  # room for a tool listing in a vocabulary of characters
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +354,7 @@ def _free_port() -> int:
 
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(tiny_gguf, tmp_path):
-    path, _ = tiny_gguf("gemma3")
+    path, _ = tiny_gguf("gemma3", context=2048)
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
@@ -405,3 +406,141 @@ def test_missing_serve_extra_is_named(monkeypatch):
 
     with pytest.raises(gk.MissingExtraError, match=r"gemma-keras\[serve\]"):
         import gemma_keras.serving.server  # noqa: F401
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "pet": {"enum": ["cat", "dog", "fish"]},
+    },
+    "required": ["name", "age", "pet"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_output_validates(server, client):
+    jsonschema = pytest.importorskip("jsonschema")
+    for stream in (False, True):
+        out = client.chat.completions.create(
+            model=name(server),
+            messages=[{"role": "user", "content": "A person as JSON."}],
+            max_tokens=80,
+            temperature=0,
+            stream=stream,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+        )
+        text = (
+            "".join(c.choices[0].delta.content or "" for c in out if c.choices)
+            if stream
+            else out.choices[0].message.content
+        )
+        jsonschema.validate(json.loads(text), PERSON)
+    unconstrained = client.chat.completions.create(
+        model=name(server),
+        messages=[{"role": "user", "content": "A person as JSON."}],
+        max_tokens=30,
+        temperature=0,
+    )
+    with pytest.raises(json.JSONDecodeError):  # the tiny model writes no JSON of its own accord
+        json.loads(unconstrained.choices[0].message.content)
+
+
+def test_json_object_mode_and_bad_schema(server, client):
+    out = client.completions.create(
+        model=name(server),
+        prompt=PROMPTS[0],
+        max_tokens=60,
+        temperature=0.8,
+        seed=3,
+        extra_body={"response_format": {"type": "json_object"}},
+    )
+    if out.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(out.choices[0].text), dict)
+    else:
+        assert out.choices[0].text.startswith("{")
+    before = prompt_tokens_seen(server)
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": name(server), "messages": [{"role": "user", "content": "x"}], "response_format": bad},
+    )
+    assert response.status_code == 400 and "json_schema" in response.json()["error"]["message"]
+    assert prompt_tokens_seen(server) == before
+
+
+def test_tool_call_round_trip(server):
+    example = _example()
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=WAIT)
+    result = example.run(client, max_tokens=40)
+    fn, arguments = result["call"]
+    assert fn == "get_weather" and isinstance(arguments.get("city"), str)
+    pytest.importorskip("jsonschema").validate(result["json"], example.CITY_SCHEMA)
+    assert result["final"].choices[0].message.role == "assistant"
+    # Naming the function forces it too; streamed, the call arrives as one tool_calls delta.
+    tool = example.WEATHER_TOOL
+    chunks = list(
+        client.chat.completions.create(
+            model=name(server),
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=[tool],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            max_tokens=100,
+            stream=True,
+        )
+    )
+    calls = [call for c in chunks if c.choices for call in (c.choices[0].delta.tool_calls or [])]
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert "city" in json.loads(calls[0].function.arguments)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_replies_parse_only_wellformed_calls():
+    from gemma_keras.serving.tools import Tool, parse_reply
+
+    tools = [Tool("get_weather", "", {"type": "object"})]
+    block = '```tool_call\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```'
+    content, calls = parse_reply("Let me check.\n" + block, tools, forced=False)
+    assert content == "Let me check." and json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    for text in ("no call here", block.replace("get_weather", "rm_rf"), block.replace('{"city"', "{city")):
+        assert parse_reply(text, tools, forced=False) == (text, [])
+
+
+def test_bad_tools_get_400(server):
+    cases = [
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "function.name"),
+        ({"tools": "x"}, "'tools' must be a list"),
+        ({"tool_choice": "required"}, "needs 'tools'"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "not in 'tools'",
+        ),
+    ]
+    for extra, message in cases:
+        body = {"model": name(server), "messages": [{"role": "user", "content": "x"}], **extra}
+        response = httpx.post(server.url + "/v1/chat/completions", json=body)
+        assert response.status_code == 400 and message in response.json()["error"]["message"], extra
+
+
+def _example():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "serve_client.py"
+    spec = importlib.util.spec_from_file_location("serve_client", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_failed_load_stops_the_server_and_raises():
+    import gemma_keras as gk
+
+    def load():
+        raise gk.ModelNotFoundError("no such model: nowhere.gguf")
+
+    with pytest.raises(gk.ModelNotFoundError, match="nowhere.gguf"):
+        Server(load, port=0).run()

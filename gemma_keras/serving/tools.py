@@ -93,9 +93,8 @@ def parse_tool_choice(choice: Any, tools: list[Tool]) -> str | Tool:
 
 
 def system_text(tools: list[Tool]) -> str:
-    listing = json.dumps(
-        [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools],
-        indent=1,
+    listing = "\n".join(
+        json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}) for t in tools
     )
     return (
         "You can call these functions:\n"
