@@ -77,8 +77,10 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def install_check(session: nox.Session) -> None:
     """A fresh virtualenv with only what the README tells users to install: every step must work."""
-    session.log("Installing gemma_keras[jax,model] as a user would (not editable, no test tools)...")
-    session.install(".[jax,model]", silent=False)
+    session.log(
+        "Installing gemma_keras[jax,model,serve,structured] as a user would (not editable, no test tools)..."
+    )
+    session.install(".[jax,model,serve,structured]", silent=False)
     env = {"KERAS_BACKEND": "jax", "GEMMA_KERAS_CACHE": str(TEST_CACHE)}
     TEST_CACHE.mkdir(parents=True, exist_ok=True)
     session.run("python", "tests/install_check.py", env=env)

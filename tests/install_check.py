@@ -1,4 +1,4 @@
-"""What a user of `pip install '.[jax,model]'` does, in a virtualenv that holds nothing else.
+"""What a user of `pip install '.[jax,model,serve,structured]'` does, in a virtualenv that holds nothing else.
 
 `nox -s install_check` runs this with only the README's install: no test
 extra, so a dependency that only the test tools bring in (as safetensors
@@ -8,10 +8,12 @@ once was) fails here. Each step prints one line; any failure exits non-zero.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 NOISE = ("absl::InitializeLog", "oneDNN", "cuInit", "normalizer.cc", "cudart_stub")
@@ -64,6 +66,29 @@ def main() -> None:
     assert out.returncode == 0, out.stderr
     noisy = [line for line in out.stderr.splitlines() if any(n in line for n in NOISE)]
     assert not noisy, f"third-party log lines on stderr: {noisy}"
+
+    step("structured output, and the server answering over HTTP")
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    assert isinstance(json.loads(lm.generate("hello", max_new_tokens=16, json_schema=schema))["ok"], bool)
+    from gemma_keras.serving.server import Server
+
+    server = Server(lm, port=0, max_batch=2).start()
+    try:
+        body = {
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 16,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "ok", "schema": schema}},
+        }
+        request = urllib.request.Request(
+            server.url + "/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            reply = json.loads(response.read())
+        assert isinstance(json.loads(reply["choices"][0]["message"]["content"])["ok"], bool)
+    finally:
+        server.stop()
 
     step("the embedded model")
     real = gk.load()

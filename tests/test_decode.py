@@ -57,6 +57,28 @@ def test_a_row_that_leaves_frees_its_slot_for_another(tiny_model):
     assert batch.ids(1) == _alone(lm, c, 30)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_resizing_and_a_reserve_change_no_row(tiny_model, arch):
+    """Rows moved into a bigger and then a smaller cache, after prompts placed at a reserved column."""
+    lm = tiny_model(arch)
+    prompts = [lm.tokenizer.encode(t) for t in ("hello world", "the model of", "Paris is the capital")]
+    budgets = [48, 20, 40]  # each longer than one greedy chunk
+    batch, _ = Batch.start(lm.runner, [Request(p, n) for p, n in zip(prompts, budgets)], reserve=64)
+    assert batch.index == 64 and batch.size == 3
+    batch.step()
+    moved = batch.resize(8)
+    assert batch.size == 8 and moved == {0: 0, 1: 1, 2: 2} and len(batch.free_rows()) == 5
+    row, _ = batch.join(Request(lm.tokenizer.encode("and the"), 30))
+    while batch.rows[1].finish_reason is None:
+        batch.step()
+    moved = batch.resize(2)  # row 1 ended: rows 0, 2 and the joined row move down
+    assert batch.size == 3 and moved == {0: 0, 2: 1, row: 2}
+    _run_to_end(batch)
+    assert batch.ids(0) == _alone(lm, prompts[0], 48)
+    assert batch.ids(1) == _alone(lm, prompts[2], 40)
+    assert batch.ids(2) == _alone(lm, lm.tokenizer.encode("and the"), 30)
+
+
 def test_join_refuses_what_does_not_fit(tiny_model):
     lm = tiny_model("gemma3")
     batch, _ = Batch.start(lm.runner, [Request(lm.tokenizer.encode("hello"), 4)])

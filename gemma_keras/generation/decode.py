@@ -315,11 +315,10 @@ class Batch:
         active = self.active
         multiple = max(1, self.runner.batch_multiple)
         size = -(-max(rows, len(active), 1) // multiple) * multiple
-        cache = self.runner.new_cache(size, self.length)
+        cache = self.runner.select_rows(self.cache, active, size)
         mask = np.zeros((size, self.length), dtype=np.int32)
         moved = {}
         for new, old in enumerate(active):
-            cache = self.runner.copy_row(cache, new, self.cache, old)
             mask[new] = self.mask[old]
             moved[old] = new
         self.rows = [self.rows[old] for old in active] + [None] * (size - len(active))

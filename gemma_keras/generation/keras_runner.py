@@ -126,6 +126,20 @@ class KerasRunner:
 
         return self._place(keras.tree.map_structure(copy, cache, source))
 
+    def select_rows(self, cache, rows: list[int], size: int):
+        import keras
+        from keras import ops
+
+        index = ops.convert_to_tensor(np.asarray(rows, np.int32), "int32")
+
+        def select(x):
+            kept = ops.take(x, index, axis=0)
+            if size == len(rows):
+                return kept
+            return ops.concatenate([kept, ops.zeros((size - len(rows), *x.shape[1:]), x.dtype)], axis=0)
+
+        return self._place(keras.tree.map_structure(select, cache))
+
     @property
     def placement(self):
         """How inputs follow a sharded model onto its mesh, or None.

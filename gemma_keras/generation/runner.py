@@ -65,6 +65,9 @@ class Runner(Protocol):
     def copy_row(self, cache: Any, row: int, source: Any, source_row: int) -> Any:
         """`cache` with its row `row` replaced by row `source_row` of the same-length `source`."""
 
+    def select_rows(self, cache: Any, rows: list[int], size: int) -> Any:
+        """A cache of `size` rows: row i is `cache`'s row `rows[i]`; the rest are empty."""
+
 
 def make_runner(causal_lm, arch: Architecture, kind: str | None = None) -> Runner:
     """The runner for a model on the current backend.

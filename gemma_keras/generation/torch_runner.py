@@ -126,6 +126,18 @@ class TorchRunner:
                 v[row] = v2[source_row]
         return cache
 
+    def select_rows(self, cache, rows: list[int], size: int):
+        torch = self.torch
+        with torch.inference_mode():
+            index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+
+            def select(x):
+                out = x.new_zeros((size, *x.shape[1:]))
+                out[: len(rows)] = x.index_select(0, index)
+                return out
+
+            return [(select(k), select(v)) for k, v in cache]
+
     def forward(self, token_ids, mask, cache, index: int):
         """Numpy tokens in, float32 numpy logits (after the last token) out."""
         torch = self.torch

@@ -29,7 +29,7 @@ from gemma_keras.generation.decode import MIN_PROMPT_BUCKET, Batch, Event, Reque
 
 # Prompt columns kept free before decoding starts: a prompt of up to this many
 # tokens can join a running batch at once.
-DEFAULT_RESERVE = 256
+DEFAULT_RESERVE = 128
 
 
 class QueueFull(Exception):
@@ -89,7 +89,7 @@ class Engine:
         max_batch: int = 8,
         max_queue: int = 64,
         reserve: int = DEFAULT_RESERVE,
-        min_length: int = 1024,
+        min_length: int = 512,
         on_step: Callable[[int, int], None] | None = None,
     ):
         self.runner = runner
@@ -202,11 +202,14 @@ class Engine:
         budget = max(j.request.max_new_tokens for j in jobs)
         longest = max(len(j.request.prompt) for j in jobs)
         reserve = self.reserve
-        length = max(self.min_length, reserve + budget + max(self.runner.chunk, 1))
         if self.context_length is not None:
-            # A cache past the context would let a joining row run past it.
             reserve = max(min(reserve, self.context_length - budget), bucket(longest, MIN_PROMPT_BUCKET))
-            length = min(length, bucket(reserve + budget + max(self.runner.chunk, 1), 128))
+        needed = bucket(reserve + budget + max(self.runner.chunk, 1), 128)
+        # A long cache keeps the batch open to joins for longer (rows join only while there is room
+        # after the current position); a short context caps it, as no row may be longer anyway.
+        length = max(needed, self.min_length)
+        if self.context_length is not None:
+            length = max(needed, min(length, bucket(self.context_length, 128)))
         try:
             batch, events = Batch.start(
                 self.runner,
@@ -239,7 +242,9 @@ class Engine:
             return
         self._dispatch(running, events)
         active = len(running.batch.active)
-        if active and bucket(active, 1) < running.batch.size:
+        # Shrink only well below the size, so rows that end and others that join do not
+        # copy the cache back and forth.
+        if active and bucket(active, 1) * 4 <= running.batch.size or active == 1 < running.batch.size:
             self._resize(running, bucket(active, 1))
 
     def _resize(self, running: _Running, rows: int) -> None:

@@ -37,20 +37,29 @@ def model_name(lm) -> str:
 
 
 def warm_up(engine: Engine, lm, rows: int) -> None:
-    """Runs staggered greedy then sampled rows, so each batch size's shapes are compiled before serving."""
+    """Compiles what serving runs before `/health` says ready: for each batch size up to `rows`
+    (powers of two), a batch of that many greedy rows (prefill, greedy chunks) and of sampled rows
+    (single steps)."""
     prompt = lm.tokenizer.encode("Hello", add_bos=True)
-    step = max(engine.runner.chunk, 1)
     done = threading.Semaphore(0)
 
     def deliver(item: Any) -> None:
         if isinstance(item, BaseException) or item.finish_reason is not None:
             done.release()
 
-    for sampling in (SamplingParams(), SamplingParams(temperature=1.0, seed=0)):
-        jobs = [Job(Request(prompt, 1 + i * step, sampling), deliver) for i in range(rows)]
-        engine.submit(jobs)
-        for _ in jobs:
-            done.acquire()
+    size = 1
+    while True:
+        for sampling, tokens in (
+            (SamplingParams(), max(engine.runner.chunk, 1) + 2),
+            (SamplingParams(1.0, seed=0), 2),
+        ):
+            jobs = [Job(Request(prompt, tokens, sampling), deliver) for _ in range(size)]
+            engine.submit(jobs)
+            for _ in jobs:
+                done.acquire()
+        if size >= rows:
+            break
+        size = min(size * 2, rows)
 
 
 def _log(message: str) -> None:
