@@ -63,7 +63,9 @@ def test_resizing_and_a_reserve_change_no_row(tiny_model, arch):
     lm = tiny_model(arch)
     prompts = [lm.tokenizer.encode(t) for t in ("hello world", "the model of", "Paris is the capital")]
     budgets = [48, 20, 40]  # each longer than one greedy chunk
-    batch, _ = Batch.start(lm.runner, [Request(p, n) for p, n in zip(prompts, budgets)], reserve=64)
+    batch, _ = Batch.start(
+        lm.runner, [Request(p, n) for p, n in zip(prompts, budgets, strict=True)], reserve=64
+    )
     assert batch.index == 64 and batch.size == 3
     batch.step()
     moved = batch.resize(8)
