@@ -99,3 +99,12 @@ def generate_ids(lm, prompts, max_new_tokens, sampling=None, stop_ids=(), add_bo
         pad_id=lm.tokenizer.pad_id,
         context_length=lm.info.context_length,
     )
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server started in a subprocess)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

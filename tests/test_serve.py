@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,8 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from gemma_keras.serving.server import Server  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.test_structured import PERSON  # noqa: E402
 
 PROMPTS = [f"the {w} of" for w in ("France", "Paris", "model", "world", "user", "capital", "hello", "and")]
 WAIT = 120  # seconds a state change may take on a loaded CI machine; never a speed check
@@ -347,15 +348,9 @@ def test_health_says_loading_until_ready(lm):
         srv.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_sigterm_finishes_requests_in_flight_and_exits_0(tiny_gguf, tmp_path):
     path, _ = tiny_gguf("gemma3", context=2048)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "gemma_keras.cli", "serve", str(path), "--port", str(port), "--grace", "60"],
@@ -406,18 +401,6 @@ def test_missing_serve_extra_is_named(monkeypatch):
 
     with pytest.raises(gk.MissingExtraError, match=r"gemma-keras\[serve\]"):
         import gemma_keras.serving.server  # noqa: F401
-
-
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 8},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "pet": {"enum": ["cat", "dog", "fish"]},
-    },
-    "required": ["name", "age", "pet"],
-    "additionalProperties": False,
-}
 
 
 def test_json_schema_output_validates(server, client):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
+from tests.conftest import free_port
 from tests.distributed.lora_step import BATCH, enable_lora, fixed_batch, train_step
 
 pytestmark = pytest.mark.distributed
@@ -20,15 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 240  # seconds; a hung collective fails the test instead of blocking CI
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_one_data_parallel_step(tiny_gguf, tmp_path):
     path, _ = tiny_gguf("gemma3", kv_heads=1)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         KERAS_BACKEND="jax",
