@@ -16,9 +16,13 @@ README = (ROOT / "README.md").read_text()
 def test_every_public_name_in_the_readme_exists():
     from gemma_keras.generation.chat import Chat
 
-    missing = [f"gk.{n}" for n in set(re.findall(r"\bgk\.(\w+)", README)) if not hasattr(gk, n)]
-    missing += [f"lm.{n}" for n in set(re.findall(r"\blm\.(\w+)", README)) if not hasattr(gk.Gemma, n)]
-    missing += [f"chat.{n}" for n in set(re.findall(r"\bchat\.(\w+)", README)) if not hasattr(Chat, n)]
+    missing = [f"gk.{n}" for n in set(re.findall(r"(?<![.\w])gk\.(\w+)", README)) if not hasattr(gk, n)]
+    missing += [
+        f"lm.{n}" for n in set(re.findall(r"(?<![.\w])lm\.(\w+)", README)) if not hasattr(gk.Gemma, n)
+    ]
+    missing += [
+        f"chat.{n}" for n in set(re.findall(r"(?<![.\w])chat\.(\w+)", README)) if not hasattr(Chat, n)
+    ]
     assert missing == []
 
 

@@ -370,21 +370,48 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tiny_gguf, tmp_path):
                 return False
 
         until(ready, "the served model to be ready")
-        body = {"prompt": PROMPTS[7], "max_tokens": 200, "temperature": 0, "stream": True, "ignore_eos": True}
+        budget = 1500  # long enough to be still decoding when the server has begun to drain
+        body = {
+            "prompt": PROMPTS[7],
+            "max_tokens": budget,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+        }
         body["model"] = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-        pieces, finish = [], None
+        body["stream_options"] = {"include_usage": True}
+
+        def draining() -> bool:
+            try:
+                return httpx.get(url + "/health").json() == {"status": "draining"}
+            except httpx.TransportError:
+                return True  # no longer listening
+
+        finish, usage, drained_before_the_end = None, None, False
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=WAIT) as response:
             lines = response.iter_lines()
             first = next(lines)
             process.send_signal(signal.SIGTERM)
+            until(draining, "the server to drain")
             for line in [first, *lines]:
-                if line.startswith("data: {"):
-                    choice = json.loads(line[6:])["choices"][0]
-                    pieces.append(choice["text"])
-                    finish = choice["finish_reason"] or finish
-        assert finish == "length"  # the request in flight finished whole
-        with pytest.raises(httpx.TransportError):
-            httpx.get(url + "/health")  # no longer listening
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                usage = chunk.get("usage") or usage
+                if chunk["choices"]:
+                    finish = chunk["choices"][0]["finish_reason"] or finish
+                    drained_before_the_end = drained_before_the_end or finish is None
+        assert drained_before_the_end  # the signal came while the request was in flight
+        assert finish == "length" and usage["completion_tokens"] == budget  # and it finished whole
+
+        def closed() -> bool:
+            try:
+                httpx.get(url + "/health")
+                return False
+            except httpx.TransportError:
+                return True
+
+        until(closed, "the port to close")
         assert process.wait(WAIT) == 0
     finally:
         if process.poll() is None:
