@@ -274,11 +274,15 @@ class Batch:
     def free_rows(self) -> list[int]:
         return [i for i, r in enumerate(self.rows) if r is None or r.finish_reason is not None]
 
-    def can_join(self, request: Request) -> bool:
-        """Whether `request` fits now: a free row, its (bucketed) prompt before the current position, room after."""
+    def fits(self, request: Request) -> bool:
+        """Whether `request`'s (bucketed) prompt fits before the current position, and its budget after it."""
         room = self.length - self.index - max(self.runner.chunk, 1)
         padded = bucket(len(request.prompt), MIN_PROMPT_BUCKET)
-        return bool(self.free_rows()) and padded <= self.index and request.max_new_tokens <= room
+        return padded <= self.index and request.max_new_tokens <= room
+
+    def can_join(self, request: Request) -> bool:
+        """Whether `request` can join now: a free row, and it `fits`."""
+        return bool(self.free_rows()) and self.fits(request)
 
     def join(self, request: Request) -> tuple[int, list[Event]]:
         """Adds a row whose prompt ends at the current position; returns its row and first events."""

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gemma_keras.buckets import bucket
-from gemma_keras.generation.decode import MIN_PROMPT_BUCKET, Batch, Event, Request
+from gemma_keras.generation.decode import Batch, Event, Request
 
 # Prompt columns kept free before decoding starts: a prompt of up to this many
 # tokens can join a running batch at once.
@@ -180,11 +180,9 @@ class Engine:
 
     def _join(self, job: Job) -> bool:
         request = job.request
-        padded = bucket(len(request.prompt), MIN_PROMPT_BUCKET)
         for running in sorted(self._running, key=lambda r: -len(r.batch.active)):
             batch = running.batch
-            room = batch.length - batch.index - max(self.runner.chunk, 1)
-            if padded > batch.index or request.max_new_tokens > room:
+            if not batch.fits(request):
                 continue
             if not batch.free_rows():
                 self._resize(running, bucket(len(batch.active) + 1, 1))
@@ -199,17 +197,13 @@ class Engine:
         return False
 
     def _start(self, jobs: list[Job]) -> None:
-        budget = max(j.request.max_new_tokens for j in jobs)
-        longest = max(len(j.request.prompt) for j in jobs)
-        reserve = self.reserve
-        if self.context_length is not None:
-            reserve = max(min(reserve, self.context_length - budget), bucket(longest, MIN_PROMPT_BUCKET))
-        needed = bucket(reserve + budget + max(self.runner.chunk, 1), 128)
-        # A long cache keeps the batch open to joins for longer (rows join only while there is room
+        # `Batch.prefill` makes the cache at least as long as these requests need. Beyond that, a
+        # longer cache keeps the batch open to joins for longer (rows join only while there is room
         # after the current position); a short context caps it, as no row may be longer anyway.
-        length = max(needed, self.min_length)
+        reserve, length = self.reserve, self.min_length
         if self.context_length is not None:
-            length = max(needed, min(length, bucket(self.context_length, 128)))
+            reserve = min(reserve, self.context_length - max(j.request.max_new_tokens for j in jobs))
+            length = min(length, bucket(self.context_length, 128))
         try:
             batch, events = Batch.start(
                 self.runner,
