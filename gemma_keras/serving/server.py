@@ -10,7 +10,6 @@ seconds) and `serve` returns 0.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -226,5 +225,4 @@ def serve(model: Any, host: str = "127.0.0.1", port: int = 8000, **options: Any)
 
     >>> gk.serve(lm, port=8000)  # doctest: +SKIP
     """
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return Server(model, host, port, **options).run()
