@@ -1,6 +1,6 @@
 """File formats: reading, checking and writing GGUF, safetensors checkpoints and Keras presets.
 
-- `gguf_check`: a structural check of a GGUF header before anything trusts it;
+- `gguf_header`: reads a GGUF header (metadata and tensor table), checked against the file;
 - `gguf_reader`, `gguf_writer`: llama.cpp's format;
 - `hf_checkpoint`: transformers' safetensors directory;
 - `keras_preset`, `manifest`: KerasHub presets and our metadata beside them;

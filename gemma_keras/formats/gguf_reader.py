@@ -26,7 +26,7 @@ import numpy as np
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.architectures.registry import by_gguf_arch
 from gemma_keras.errors import GGUFError, ModelNotFoundError, UnsupportedModelError
-from gemma_keras.formats.gguf_check import check_gguf_structure
+from gemma_keras.formats.gguf_header import GGUFHeader, Unreadable, read_header
 from gemma_keras.formats.sentencepiece import proto_from_gguf_vocab
 from gemma_keras.formats.sizes import FFN_WIDTH, SIZES, check_backbone_config, check_context, size
 from gemma_keras.formats.tensor_names import block_tensors
@@ -48,7 +48,7 @@ class GGUFModel:
     token_types: list[int]
     special_ids: dict[str, int]
     names: list[str]
-    reader: Any = field(repr=False)
+    header: GGUFHeader = field(repr=False)
 
     @property
     def architecture(self) -> str:
@@ -65,15 +65,14 @@ class GGUFModel:
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
+        qtype = GGMLQuantizationType(tensor.qtype)  # known: read_header checked it
         try:
-            qtype = GGMLQuantizationType(int(tensor.tensor_type))
-            array = dequantize(tensor.data, qtype)
+            array = dequantize(self.header.tensor_bytes(tensor), qtype)
         except (NotImplementedError, ValueError, KeyError) as exc:
             raise GGUFError(
-                f"{self.path}: cannot dequantize tensor {name!r} of type "
-                f"{getattr(tensor.tensor_type, 'name', tensor.tensor_type)}: {exc}"
+                f"{self.path}: cannot dequantize tensor {name!r} of type {qtype.name}: {exc}"
             ) from exc
-        expected = tuple(int(d) for d in reversed(tensor.shape))
+        expected = tensor.shape
         if array.size != int(np.prod(expected)):
             raise GGUFError(
                 f"{self.path}: tensor {name!r} holds {array.size} values but declares shape {expected}."
@@ -83,22 +82,19 @@ class GGUFModel:
     @property
     def _tensors(self) -> dict[str, Any]:
         if not hasattr(self, "_tensor_index"):
-            self._tensor_index = {t.name: t for t in self.reader.tensors}
+            self._tensor_index = {t.name: t for t in self.header.tensors}
         return self._tensor_index
 
 
-def _field(reader, path: Path, key: str, default: Any = None, required: bool = False):
-    field_ = reader.fields.get(key)
-    if field_ is None:
+def _field(header: GGUFHeader, path: Path, key: str, default: Any = None, required: bool = False):
+    value = header.fields.get(key)
+    if value is None:
         if required:
             raise GGUFError(f"{path}: the metadata key {key!r} is missing.")
         return default
-    try:
-        return field_.contents()
-    except Exception as exc:
-        raise GGUFError(
-            f"{path}: the metadata key {key!r} is unreadable: {type(exc).__name__}: {exc}"
-        ) from exc
+    if isinstance(value, Unreadable):
+        raise GGUFError(f"{path}: the metadata key {key!r} is unreadable: {value.reason}.")
+    return value
 
 
 def check_magic(path: Path) -> None:
@@ -117,31 +113,15 @@ def check_magic(path: Path) -> None:
         )
 
 
-def _open_reader(path: Path):
-    from gguf import GGUFReader
-
-    # gguf-py trusts declared counts; make sure they fit the file first.
-    check_gguf_structure(path)
-    try:
-        reader = GGUFReader(str(path), "r")
-    except Exception as exc:  # gguf raises bare ValueError/IndexError/struct.error
-        raise GGUFError(
-            f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}). "
-            "Download or export the file again."
-        ) from exc
-    # Every tensor's extent was already checked against the file's size above.
-    return reader
-
-
 def read_gguf(path: str | os.PathLike) -> GGUFModel:
     """Reads and validates a Gemma GGUF file's metadata (not its weights)."""
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"{path}: no such file.")
     check_magic(path)
-    reader = _open_reader(path)
+    header = read_header(path)
     try:
-        return _read_metadata(path, reader)
+        return _read_metadata(path, header)
     except (GGUFError, UnsupportedModelError):
         raise
     except (TypeError, ValueError, OverflowError, IndexError, KeyError, AttributeError) as exc:
@@ -149,11 +129,11 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
         raise GGUFError(f"{path}: malformed metadata ({type(exc).__name__}: {exc}).") from exc
 
 
-def _read_metadata(path: Path, reader) -> GGUFModel:
-    arch = by_gguf_arch(_field(reader, path, "general.architecture", required=True), str(path))
+def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
+    arch = by_gguf_arch(_field(header, path, "general.architecture", required=True), str(path))
 
     def key(name, default=None, required=False):
-        return _field(reader, path, f"{arch.gguf_arch}.{name}", default, required)
+        return _field(header, path, f"{arch.gguf_arch}.{name}", default, required)
 
     a, where = arch.gguf_arch, str(path)
 
@@ -175,19 +155,19 @@ def _read_metadata(path: Path, reader) -> GGUFModel:
             f"backbone fixes it at {arch.rope_base:g}."
         )
 
-    tokens = _field(reader, path, "tokenizer.ggml.tokens", required=True)
+    tokens = _field(header, path, "tokenizer.ggml.tokens", required=True)
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise GGUFError(f"{path}: tokenizer.ggml.tokens is not a list of strings.")
-    types = _field(reader, path, "tokenizer.ggml.token_type")
+    types = _field(header, path, "tokenizer.ggml.token_type")
     if types is None:
         types = [1] * len(tokens)
     if len(types) != len(tokens):
         raise GGUFError(f"{path}: {len(tokens)} tokens but {len(types)} token types.")
     special = {
-        "bos_id": int(_field(reader, path, "tokenizer.ggml.bos_token_id", 2)),
-        "eos_id": int(_field(reader, path, "tokenizer.ggml.eos_token_id", 1)),
-        "unk_id": int(_field(reader, path, "tokenizer.ggml.unknown_token_id", 3)),
-        "pad_id": int(_field(reader, path, "tokenizer.ggml.padding_token_id", 0)),
+        "bos_id": int(_field(header, path, "tokenizer.ggml.bos_token_id", 2)),
+        "eos_id": int(_field(header, path, "tokenizer.ggml.eos_token_id", 1)),
+        "unk_id": int(_field(header, path, "tokenizer.ggml.unknown_token_id", 3)),
+        "pad_id": int(_field(header, path, "tokenizer.ggml.padding_token_id", 0)),
     }
     for name, value in special.items():
         if not 0 <= value < len(tokens):
@@ -206,7 +186,7 @@ def _read_metadata(path: Path, reader) -> GGUFModel:
         **arch.gguf_config(key, num_layers),
     }
     check_backbone_config(config, where=where, error=GGUFError, names=_gguf_names(a), context=context)
-    _check_tensor_shapes(path, reader, arch, config, ffn)
+    _check_tensor_shapes(path, header, arch, config, ffn)
     return GGUFModel(
         path=path,
         arch=arch,
@@ -215,8 +195,8 @@ def _read_metadata(path: Path, reader) -> GGUFModel:
         tokens=list(tokens),
         token_types=[int(t) for t in types],
         special_ids=special,
-        names=[str(v) for v in (_field(reader, path, k) for k in _NAME_KEYS) if isinstance(v, str)],
-        reader=reader,
+        names=[str(v) for v in (_field(header, path, k) for k in _NAME_KEYS) if isinstance(v, str)],
+        header=header,
     )
 
 
@@ -260,14 +240,16 @@ def expected_tensor_shapes(
     return shapes
 
 
-def _check_tensor_shapes(path: Path, reader, arch: Architecture, config: dict[str, Any], ffn: int) -> None:
+def _check_tensor_shapes(
+    path: Path, header: GGUFHeader, arch: Architecture, config: dict[str, Any], ffn: int
+) -> None:
     """Checks every tensor against the metadata before anything is allocated.
 
     The tensors' bytes are already known to lie inside the file, so a model
     whose shapes all match cannot be larger than the file implies: absurd
     sizes in the metadata are caught here, not by a MemoryError later.
     """
-    found = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    found = {t.name: t.shape for t in header.tensors}
     if config["num_layers"] > len(found):
         raise GGUFError(
             f"{path}: block_count {config['num_layers']} but only {len(found)} tensors in the file."

@@ -33,7 +33,7 @@ import numpy as np
 
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.errors import ExportError
-from gemma_keras.formats.gguf_check import check_gguf_structure
+from gemma_keras.formats.gguf_header import read_header
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.staging import Kind
 from gemma_keras.formats.tensor_names import read_backbone, to_gguf_norm
@@ -45,11 +45,8 @@ EXPORT_VERSION = 1
 
 def written_by_gemma_keras(path: Path) -> bool:
     """True when `path` is a whole GGUF file that carries our `gemma_keras.export` key."""
-    from gguf import GGUFReader
-
-    check_gguf_structure(path)  # gguf-py trusts the header's counts; this bounds them first
-    field = GGUFReader(os.fspath(path)).fields.get(EXPORT_KEY)
-    return field is not None and isinstance(field.contents(), int)
+    value = read_header(path).fields.get(EXPORT_KEY)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _has_gguf_magic(path: Path) -> bool:
