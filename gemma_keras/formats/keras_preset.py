@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.errors import ExportError
 from gemma_keras.formats.manifest import KERAS_PRESET, export_kind, manifest_info, write_manifest
 from gemma_keras.formats.model_info import ModelInfo
@@ -45,7 +46,8 @@ def rebuild(causal_lm, **config_changes):
     the merged ones. `config_changes` override config entries.
     """
     backbone = causal_lm.backbone
-    clean = type(backbone).from_config(dict(backbone.get_config(), **config_changes))
+    with weights_follow():
+        clean = type(backbone).from_config(dict(backbone.get_config(), **config_changes))
     merged = dict(read_backbone(backbone))
 
     def mismatch(name, got, wanted):

@@ -141,11 +141,13 @@ def fill_backbone(
     tensor does not fit its variable.
     """
     config = backbone.get_config()
+    filled: set[int] = set()
 
     def assign(variable, value: np.ndarray, name: str) -> None:
         if tuple(variable.shape) != value.shape:
             raise mismatch(name, value.shape, tuple(variable.shape))
         variable.assign(value)
+        filled.add(id(variable))
 
     for gguf, layer, attribute, _ in TOP_TENSORS:
         assign(getattr(backbone.get_layer(layer), attribute), get(gguf), gguf)
@@ -156,6 +158,11 @@ def fill_backbone(
         for t in block_tensors(config):
             name = f"blk.{i}.{t.gguf}.weight"
             assign(_resolve(block, t.keras), to_keras(get(name), t.layout, config), name)
+    # Backbones are built without drawing initial weights (`backend.no_init`):
+    # one the table missed would stay at zeros, so it is an error here.
+    unfilled = [w.path for w in backbone.weights if id(w) not in filled]
+    if unfilled:
+        raise RuntimeError(f"gemma_keras bug: the tensor table does not name the weights {unfilled[:5]}.")
 
 
 def read_backbone(backbone) -> Iterator[tuple[str, np.ndarray]]:

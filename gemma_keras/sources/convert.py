@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gemma_keras import interrupts
+from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.backend.selection import import_keras_hub
 from gemma_keras.errors import GemmaKerasError, GGUFError
@@ -82,7 +83,8 @@ def _convert(model: GGUFModel, out_dir: Path, progress: Progress | None):
 
 def build_backbone(model: GGUFModel, dtype: str | None = None, progress=None):
     """Builds the KerasHub backbone and fills it with the file's weights."""
-    backbone = model.arch.keras_class("backbone")(**model.backbone_config, dtype=dtype)
+    with weights_follow():
+        backbone = model.arch.keras_class("backbone")(**model.backbone_config, dtype=dtype)
 
     def mismatch(name: str, got: tuple, wanted: tuple) -> GGUFError:
         return GGUFError(

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from gemma_keras.architectures.registry import keras_causal_lm_classes, of_backbone
 from gemma_keras.backend.devices import default_dtype, validate_dtype
+from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.backend.selection import current_backend, ensure_backend, import_keras_hub
 from gemma_keras.errors import (
@@ -178,7 +179,7 @@ def _from_preset(preset: str, dtype: str):
         # Keras' default safe mode refuses Lambda layers and other code in a
         # config. (Forcing SafeModeScope(True) is not possible: KerasHub then
         # refuses its own tokenizer asset.)
-        with quiet_native_logs():
+        with quiet_native_logs(), weights_follow():
             return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
     except GemmaKerasError:
         raise

@@ -1,0 +1,59 @@
+"""Loads build backbones without drawing random weights, and still fill every weight from the file."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import gemma_keras as gk
+from gemma_keras.backend.no_init import weights_follow
+from gemma_keras.formats.tensor_names import fill_backbone, read_backbone
+
+
+def _kernel_sum(layer) -> float:
+    from keras import ops
+
+    return float(np.abs(ops.convert_to_numpy(layer.kernel)).sum())
+
+
+def _dense():
+    import keras
+
+    layer = keras.layers.Dense(4)
+    layer.build((2, 3))
+    return layer
+
+
+def test_weights_start_at_zero_only_inside_and_only_in_that_thread():
+    seen = {}
+    with weights_follow():
+        inside = _dense()
+        thread = threading.Thread(target=lambda: seen.setdefault("other", _dense()))
+        thread.start()
+        thread.join()
+    assert _kernel_sum(inside) == 0
+    assert _kernel_sum(seen["other"]) > 0  # another thread draws random weights as usual
+    assert _kernel_sum(_dense()) > 0  # and so does everything after
+
+
+@pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3"])
+def test_a_saved_and_reloaded_model_has_every_weight_of_the_original(tiny_model, tmp_path, arch):
+    lm = tiny_model(arch)
+    again = gk.load(lm.export(tmp_path / "preset", format="keras"))
+    ours, theirs = dict(read_backbone(lm.backbone)), dict(read_backbone(again.backbone))
+    assert ours.keys() == theirs.keys()
+    for name, value in ours.items():
+        assert np.abs(value).sum() > 0, name  # a weight left at its zero start would show here
+        np.testing.assert_array_equal(theirs[name], value, err_msg=name)
+
+
+def test_a_weight_the_table_does_not_fill_is_an_error(tiny_model):
+    backbone = tiny_model("gemma3").backbone
+    fresh = type(backbone).from_config(backbone.get_config())
+    block = fresh.get_layer("decoder_block_0")
+    block._tracker.unlock()  # Keras locks a built layer's state; a stray weight is the point here
+    block.add_weight(shape=(2,), initializer="zeros", name="stray")
+    with pytest.raises(RuntimeError, match="stray"):
+        fill_backbone(fresh, dict(read_backbone(backbone)).pop, lambda *shapes: AssertionError(shapes))
