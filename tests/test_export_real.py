@@ -45,7 +45,8 @@ def test_real_safetensors_matches_transformers(real_model, prompt_ids, tmp_path)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
-def test_real_gguf_reads_back(real_model, prompt_ids, tmp_path, dtype):
+def test_real_gguf_reads_back(real_model, prompt_ids, tmp_path, isolated_cache, dtype):
+    # isolated_cache: each read-back converts a 1 GB entry that no other test wants.
     again = gk.load(real_model.export(tmp_path / "m.gguf", dtype=dtype))
     for ids in prompt_ids:
         diff = np.abs(again.score(ids) - real_model.score(ids)).max()
@@ -54,7 +55,7 @@ def test_real_gguf_reads_back(real_model, prompt_ids, tmp_path, dtype):
 
 
 @pytest.mark.parity
-def test_real_gguf_reads_in_transformers(real_model, prompt_ids, tmp_path):
+def test_real_gguf_reads_in_transformers(real_model, prompt_ids, tmp_path, isolated_cache):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
