@@ -36,6 +36,7 @@ from gemma_keras.errors import (
     ModelNotFoundError,
     NotInstructionTunedWarning,
     SourceError,
+    TurnsDroppedWarning,
     UnsupportedModelError,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "MissingExtraError",
     "ModelNotFoundError",
     "NotInstructionTunedWarning",
+    "TurnsDroppedWarning",
     "SamplingParams",
     "SourceError",
     "UnsupportedModelError",

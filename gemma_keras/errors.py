@@ -115,3 +115,7 @@ class Interrupted(KeyboardInterrupt):
 
     def __reduce__(self):  # pickles (multiprocessing) with its signal and details
         return (type(self), (self.signum, self.message), dict(self.__dict__))
+
+
+class TurnsDroppedWarning(UserWarning):
+    """A chat dropped its oldest turns so that the conversation and the reply fit the context."""

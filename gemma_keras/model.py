@@ -37,7 +37,7 @@ from gemma_keras.formats.keras_preset import rebuild
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.generation.chat import Chat
-from gemma_keras.generation.decode import Request, decode, next_token_logits
+from gemma_keras.generation.decode import KeptCache, Request, decode, next_token_logits
 from gemma_keras.generation.runner import Runner, make_runner
 from gemma_keras.generation.sampling import SamplingParams
 from gemma_keras.generation.streaming import check_stop_strings
@@ -47,6 +47,7 @@ from gemma_keras.training.config import FinetuneConfig
 from gemma_keras.training.loop import FinetuneResult, finetune
 
 QUANTIZE_MODES = ("int8",)
+SAMPLING_FIELDS = tuple(SamplingParams.__dataclass_fields__)
 # One prompt: text, or token ids used as given.
 Prompt = str | Sequence[int]
 
@@ -212,14 +213,36 @@ class Gemma:
         >>> for piece in lm.stream("Tell me a story", max_new_tokens=64):  # doctest: +SKIP
         ...     print(piece, end="", flush=True)
         """
+        request = self._one_request(
+            prompt,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            stop_token_ids=stop_token_ids,
+            stop=stop,
+            add_bos=add_bos,
+            json_schema=json_schema,
+        )
+        return (event.text for event in self._decode([request]) if event.text)
+
+    def _one_request(self, prompt: Prompt, max_new_tokens: int = 64, **options: Any) -> Request:
+        """The checked request for one prompt, from `stream`'s arguments."""
         prompts, single = _prompts(prompt)
         if not single:
             raise GenerationArgumentError(
                 "stream takes one prompt (a string or a list of token ids), not a list of prompts."
             )
-        params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-        requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos, json_schema)
-        return (event.text for event in self._decode(requests) if event.text)
+        # `stream`'s keywords: the sampling ones, then stops, add_bos and json_schema.
+        params = SamplingParams(**{k: options.pop(k) for k in SAMPLING_FIELDS if k in options})
+        stop_token_ids, stop = options.pop("stop_token_ids", None), options.pop("stop", None)
+        add_bos, json_schema = options.pop("add_bos", True), options.pop("json_schema", None)
+        if options:
+            raise GenerationArgumentError(f"unknown generation argument(s) {sorted(options)}.")
+        return self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos, json_schema)[0]
 
     def encode_messages(
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
@@ -249,7 +272,24 @@ class Gemma:
         >>> chat = lm.chat(system="Answer briefly.")  # doctest: +SKIP
         >>> chat.send("Hi")  # doctest: +SKIP
         """
-        chat = Chat(self.stream, self.encode_messages, system=system, **generate_kwargs)
+        # The conversation's KV cache is kept between replies: each one prefills only the new turn.
+        kept = KeptCache(self.runner, self.tokenizer.pad_id, self.tokenizer.decode, self.info.context_length)
+
+        def stream(prompt_ids: list[int], **options: Any) -> Iterator[str]:
+            request = self._one_request(prompt_ids, **options)
+            if kept.runner is not self.runner:  # fine-tuned or quantized since: a new model
+                kept.runner = self.runner
+                kept.reset()
+            return (event.text for event in kept.decode(request) if event.text)
+
+        chat = Chat(
+            stream,
+            self.encode_messages,
+            system=system,
+            cache=kept,
+            context_length=self.info.context_length,
+            **generate_kwargs,
+        )
         if self.info.instruction_tuned is False:
             warnings.warn(NotInstructionTunedWarning(not_instruction_tuned_message(self.info)), stacklevel=2)
         return chat

@@ -62,6 +62,17 @@ def test_chat_repl_streams_resets_and_exits(tiny_gguf, tiny_model):
     assert "never read" not in out
 
 
+def test_chat_notes_dropped_turns_on_stderr(tiny_gguf, tiny_model, capsys):
+    path, _ = tiny_gguf("gemma3")  # context 512
+    args = cli.build_parser().parse_args(["chat", "--model", str(path), "--max-new-tokens", "300"])
+    line = "the capital of France is Paris " * 4
+    stdout = io.StringIO()
+    assert cli._cmd_chat(args, stdin=io.StringIO(f"{line}\n" * 6), stdout=stdout) == 0
+    err = capsys.readouterr().err
+    assert "gemma-keras: note: the conversation no longer fit the context of 512 tokens" in err
+    assert "Traceback" not in err and "(error" not in stdout.getvalue()
+
+
 def test_finetune_writes_adapters_and_resumes(tiny_gguf, tmp_path, capsys):
     import json
 

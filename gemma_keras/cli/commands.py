@@ -239,10 +239,13 @@ def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             continue
         print("gemma> ", end="", file=stdout, flush=True)
         reply = chat.stream(text)
+        dropped: list = []
         try:
-            for piece in reply:
-                interrupts.check()  # a Ctrl-C that Python dropped stops the reply here
-                print(piece, end="", file=stdout, flush=True)
+            with warnings.catch_warnings(record=True) as dropped:
+                warnings.simplefilter("always", gk.TurnsDroppedWarning)
+                for piece in reply:
+                    interrupts.check()  # a Ctrl-C that Python dropped stops the reply here
+                    print(piece, end="", file=stdout, flush=True)
         except KeyboardInterrupt as exc:
             reply.close()  # records the partial reply
             if not _stopped_by_sigint(exc):
@@ -252,6 +255,8 @@ def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         except gk.GenerationArgumentError as exc:
             print(f"\n(error: {_one_line(exc)})", end="", file=stdout)
         print(file=stdout, flush=True)
+        for warning in dropped:
+            print(f"gemma-keras: note: {warning.message}", file=sys.stderr, flush=True)
     return 0
 
 

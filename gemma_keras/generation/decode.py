@@ -125,6 +125,7 @@ class _Row:
             self.seen[0, np.asarray(request.prompt, dtype=np.int64)] = True
         self.count = 0  # tokens picked
         self.pending: int | None = None  # picked, not yet fed to the model
+        self.fed: list[int] = []  # every token that became pending: fed at the next position
         self.finish_reason: str | None = None
 
     @property
@@ -176,6 +177,7 @@ class _Row:
                 self.finish_reason = "length"
         if self.finish_reason is None:
             self.pending = token
+            self.fed.append(token)
         else:
             self.pending = None
             events.append(Event(row, None, self.collector.finish(), self.finish_reason))
@@ -253,11 +255,7 @@ class Batch:
             request.check(runner.vocab_size, "prompt" if len(requests) == 1 else f"prompt[{i}]")
         longest = max(len(r.prompt) for r in requests)
         budget = max(r.max_new_tokens for r in requests)
-        if context_length is not None and longest + budget > context_length:
-            raise GenerationArgumentError(
-                f"The prompt ({longest} tokens) plus max_new_tokens ({budget}) "
-                f"exceeds the model's context of {context_length} tokens."
-            )
+        _check_context(longest, budget, context_length)
         prompt_len = bucket(longest, MIN_PROMPT_BUCKET)
         end = max(prompt_len, int(reserve))
         # Room for a greedy chunk that runs past the last token asked for.
@@ -328,6 +326,16 @@ class Batch:
         self.rows = [self.rows[old] for old in active] + [None] * (size - len(active))
         self.size, self.cache, self.mask, self._mask = size, cache, mask, None
         return moved
+
+    def lengthen(self, length: int) -> None:
+        """Gives every row `length` cache positions, keeping what the cache holds."""
+        if length <= self.length:
+            return
+        mask = np.zeros((self.size, length), dtype=np.int32)
+        mask[:, : self.length] = self.mask
+        mask[:, self.length :] = self.mask[:, -1:]  # a row's mask is 1 from its start on
+        self.cache = self.runner.lengthen(self.cache, length)
+        self.length, self.mask, self._mask = length, mask, None
 
     def leave(self, row: int) -> None:
         """Ends a row now (a cancelled request); its slot is free for `join`."""
@@ -401,6 +409,116 @@ class Batch:
 
     def text(self, row: int) -> str:
         return self.rows[row].collector.text
+
+
+def _check_context(prompt: int, budget: int, context_length: int | None) -> None:
+    if context_length is not None and prompt + budget > context_length:
+        raise GenerationArgumentError(
+            f"The prompt ({prompt} tokens) plus max_new_tokens ({budget}) "
+            f"exceeds the model's context of {context_length} tokens."
+        )
+
+
+def _pieces(n: int) -> list[int]:
+    """`n` as powers of two, largest first: 37 -> [32, 4, 1]."""
+    return [1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1]
+
+
+class KeptCache:
+    """One row's KV cache, kept from one generation to the next: chat prefix reuse.
+
+    A new prompt that begins with tokens the cache already holds (the
+    conversation so far, the last reply included) prefills only the rest, so
+    the time to the first token of a chat reply follows the new message, not
+    the whole history. The rest is fed in power-of-two pieces (37 tokens as
+    32 + 4 + 1) at the positions that follow: no padding overwrites kept
+    positions, and the compiled shapes stay few. When the reply would not
+    fit, the cache is lengthened (copied into one with room for the
+    conversation to double, capped by the context), not prefilled again. A
+    prompt that shares no prefix is prefilled whole into a new cache.
+
+    Args:
+        runner, pad_id, detokenize, context_length: as for `decode`.
+
+    Attributes:
+        ids: the tokens whose keys and values the cache holds, in order.
+        reused: how many tokens of the last prompt were not prefilled again.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        pad_id: int = 0,
+        detokenize: Detokenize | None = None,
+        context_length: int | None = None,
+    ):
+        self.runner = runner
+        self.pad_id = pad_id
+        self.detokenize = detokenize
+        self.context_length = context_length
+        self.ids: list[int] = []
+        self.reused = 0
+        self._batch: Batch | None = None
+
+    def reset(self) -> None:
+        self._batch, self.ids, self.reused = None, [], 0
+
+    def decode(self, request: Request) -> Iterator[Event]:
+        """Generates `request` on row 0, reusing what the cache holds; yields its events."""
+        request.check(self.runner.vocab_size)
+        _check_context(len(request.prompt), request.max_new_tokens, self.context_length)
+        try:
+            batch, events = self._start(request)
+        except BaseException:
+            self.reset()
+            raise
+        self.ids = []  # until this generation ends, nothing kept is trusted
+        state = batch.rows[0]
+        try:
+            yield from events
+            while not batch.done:
+                yield from batch.step()
+        except GeneratorExit:
+            pass  # closed early: what was fed so far is still valid
+        except BaseException:
+            self.reset()
+            raise
+        # A token still pending was picked but never fed.
+        fed = state.fed if state.pending is None else state.fed[:-1]
+        self.ids = list(request.prompt) + fed
+
+    def _start(self, request: Request) -> tuple[Batch, list[Event]]:
+        prompt = [int(t) for t in request.prompt]
+        batch, common = self._batch, 0
+        # At least the prompt's last token is fed again: its logits pick the first token.
+        limit = min(len(self.ids), len(prompt) - 1)
+        while common < limit and self.ids[common] == prompt[common]:
+            common += 1
+        if batch is not None and common:
+            start, chunk = batch.rows[0].start, max(self.runner.chunk, 1)
+            needed = start + len(prompt) + request.max_new_tokens + chunk
+            if needed > batch.length:
+                most = 2 * needed if self.context_length is None else start + self.context_length + chunk
+                batch.lengthen(bucket(max(needed, min(2 * needed, most)), MIN_CACHE_BUCKET))
+            index, rest = start + common, prompt[common:]
+            state = batch._place(0, request, start)
+            for piece in _pieces(len(rest)):
+                tokens = np.full((batch.size, piece), self.pad_id, dtype=np.int32)
+                tokens[0], rest = rest[:piece], rest[piece:]
+                logits, batch.cache = self.runner.forward(tokens, batch._runner_mask(), batch.cache, index)
+                index += piece
+            batch.index = index
+            self.reused = common
+            return batch, state.accept(0, state.pick(logits[0]))
+        batch, events = Batch.start(
+            self.runner,
+            [request],
+            pad_id=self.pad_id,
+            detokenize=self.detokenize,
+            context_length=self.context_length,
+        )
+        self._batch, self.reused = batch, 0
+        return batch, events
 
 
 def decode(

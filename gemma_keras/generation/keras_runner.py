@@ -140,6 +140,19 @@ class KerasRunner:
 
         return self._place(keras.tree.map_structure(select, cache))
 
+    def lengthen(self, cache, length: int):
+        import keras
+        from keras import ops
+
+        axis = 1 if self.arch.cache_layout == "pair" else 2  # (rows, length, ...) or (rows, 2, length, ...)
+
+        def longer(x):
+            shape = list(x.shape)
+            shape[axis] = length - shape[axis]
+            return ops.concatenate([x, ops.zeros(shape, x.dtype)], axis=axis)
+
+        return self._place(keras.tree.map_structure(longer, cache))
+
     @property
     def placement(self):
         """How inputs follow a sharded model onto its mesh, or None.

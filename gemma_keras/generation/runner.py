@@ -68,6 +68,9 @@ class Runner(Protocol):
     def select_rows(self, cache: Any, rows: list[int], size: int) -> Any:
         """A cache of `size` rows: row i is `cache`'s row `rows[i]`; the rest are empty."""
 
+    def lengthen(self, cache: Any, length: int) -> Any:
+        """A cache of `length` positions per row holding `cache`'s in its first ones; the rest empty."""
+
 
 def make_runner(causal_lm, arch: Architecture, kind: str | None = None) -> Runner:
     """The runner for a model on the current backend.

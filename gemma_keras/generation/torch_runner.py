@@ -138,6 +138,16 @@ class TorchRunner:
 
             return [(select(k), select(v)) for k, v in cache]
 
+    def lengthen(self, cache, length: int):
+        with self.torch.inference_mode():
+
+            def longer(x):
+                out = x.new_zeros((x.shape[0], length, *x.shape[2:]))
+                out[:, : x.shape[1]] = x
+                return out
+
+            return [(longer(k), longer(v)) for k, v in cache]
+
     def forward(self, token_ids, mask, cache, index: int):
         """Numpy tokens in, float32 numpy logits (after the last token) out."""
         torch = self.torch
