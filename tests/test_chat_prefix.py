@@ -100,7 +100,9 @@ def test_kept_cache_continues_any_prefix_exactly(tiny_model):
         ids[:5] + ids,
         ids[:1] + [7, 8, 9],
     ):
-        shared = next((i for i, (a, b) in enumerate(zip(kept.ids, prompt)) if a != b), len(kept.ids))
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(kept.ids, prompt, strict=False)) if a != b), len(kept.ids)
+        )
         got = [e.token for e in kept.decode(Request(prompt, 7)) if e.token is not None]
         alone = [e.token for e in decode(runner, [Request(prompt, 7)]) if e.token is not None]
         assert got == alone, (len(prompt), kept.reused)
