@@ -497,9 +497,11 @@ class KeptCache:
         if batch is not None and common:
             start, chunk = batch.rows[0].start, max(self.runner.chunk, 1)
             needed = start + len(prompt) + request.max_new_tokens + chunk
-            if needed > batch.length:
-                most = 2 * needed if self.context_length is None else start + self.context_length + chunk
-                batch.lengthen(bucket(max(needed, min(2 * needed, most)), MIN_CACHE_BUCKET))
+            if needed > batch.length:  # room to double, but not past the context
+                grown = 2 * needed
+                if self.context_length is not None:
+                    grown = max(needed, min(grown, start + self.context_length + chunk))
+                batch.lengthen(bucket(grown, MIN_CACHE_BUCKET))
             index, rest = start + common, prompt[common:]
             state = batch._place(0, request, start)
             for piece in _pieces(len(rest)):
