@@ -7,9 +7,10 @@ Example:
 'Gemma3ForCausalLM'
 """
 
-from gemma_keras.architectures.chat_format import GEMMA_TURNS, TurnFormat, render_messages
+from gemma_keras.architectures.chat_format import GEMMA4_TURNS, GEMMA_TURNS, TurnFormat, render_messages
 from gemma_keras.architectures.gemma import GEMMA, GEMMA2
 from gemma_keras.architectures.gemma3 import GEMMA3
+from gemma_keras.architectures.gemma4 import GEMMA4
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.architectures.registry import (
     ARCHITECTURES,
@@ -25,6 +26,8 @@ __all__ = [
     "GEMMA",
     "GEMMA2",
     "GEMMA3",
+    "GEMMA4",
+    "GEMMA4_TURNS",
     "GEMMA_TURNS",
     "Architecture",
     "TurnFormat",

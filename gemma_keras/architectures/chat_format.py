@@ -14,8 +14,21 @@ Gemma 1, 2 and 3 share one turn format::
 
 Roles are `user` and `model` and alternate; `assistant` means `model`. Gemma
 has no system turn, so a system message is put at the top of the first user
-turn. `<bos>` comes once. Each architecture record names its format; newer
-families (Gemma 3n, Gemma 4) add theirs here.
+turn. `<bos>` comes once. Each architecture record names its format; Gemma 3n
+uses this one.
+
+Gemma 4 marks turns with `<|turn>` / `<turn|>` and has a real system turn
+(`GEMMA4_TURNS`)::
+
+    <bos><|turn>system
+    {system}<turn|>
+    <|turn>user
+    {user}<turn|>
+    <|turn>model
+
+Its model turns may open with a thought block, `<|channel>thought ...<channel|>`,
+and it ends a turn that calls a tool with `<|tool_response>`, so that token
+stops generation too.
 
 `encode` turns messages into token ids: the markers become control tokens,
 and what the messages say is encoded as plain text, so a message that
@@ -66,6 +79,8 @@ class TurnFormat:
     start: str
     end: str
     bos: str = "<bos>"
+    system_turn: bool = False
+    extra_stops: tuple[str, ...] = ()
     roles: Mapping[str, str] = field(
         default_factory=lambda: {"user": "user", "model": "model", "assistant": "model", "system": "system"}
     )
@@ -73,10 +88,13 @@ class TurnFormat:
     @property
     def stop_strings(self) -> tuple[str, ...]:
         """Control tokens that end a model turn (besides `<eos>`)."""
-        return (self.end,)
+        return (self.end, *self.extra_stops)
 
     def normalize(self, messages: Sequence[Mapping[str, Any]]) -> list[Turn]:
-        """Checks roles and contents; folds the system message into the first user turn."""
+        """Checks roles and contents; folds the system message into the first user turn.
+
+        A format with a `system_turn` keeps the system message as a turn of its own.
+        """
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
             raise GenerationArgumentError("messages must be a list of {'role', 'content'} dicts.")
         system = None
@@ -105,7 +123,9 @@ class TurnFormat:
                     "user and model turns must alternate, starting with user."
                 )
             turns.append({"role": role, "content": content})
-        if system is not None:
+        if system is not None and self.system_turn:
+            turns.insert(0, {"role": "system", "content": system})
+        elif system is not None:
             if not turns:
                 turns.append({"role": "user", "content": system})
             else:
@@ -155,12 +175,17 @@ class TurnFormat:
 
     def _turns(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> list[Turn]:
         turns = self.normalize(messages)
+        if add_generation_prompt and turns and turns[-1]["role"] == "system":
+            raise GenerationArgumentError("a user message must follow the system message to ask for a reply.")
         if add_generation_prompt and turns and turns[-1]["role"] != "user":
             raise GenerationArgumentError("the last message must be a user turn to ask for a reply.")
         return turns
 
 
 GEMMA_TURNS = TurnFormat(name="gemma", start="<start_of_turn>", end="<end_of_turn>")
+GEMMA4_TURNS = TurnFormat(
+    name="gemma4", start="<|turn>", end="<turn|>", system_turn=True, extra_stops=("<|tool_response>",)
+)
 
 
 def render_messages(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:

@@ -70,7 +70,12 @@ GEMMA3 = Architecture(
     gguf_config=_gguf,
     hf_config=_hf,
     matches=lambda cls, config: (
-        cls == "Gemma3Backbone" or (cls is None and "global_rope_scaling_factor" in config)
+        cls == "Gemma3Backbone"
+        or (
+            cls is None
+            and "global_rope_scaling_factor" in config
+            and "global_rope_partial_rotary_factor" not in config  # Gemma 4 has both
+        )
     ),
     keras_tokenizer_options=lambda pieces: {"has_vision_tokens": _IMAGE_PIECES <= pieces},
 )

@@ -39,7 +39,9 @@ class Architecture:
             None when no layer slides.
         block_flags: the backbone flags that add weights to a decoder block.
         cache_layout: "stacked" (one `(batch, 2, length, kv, dim)` tensor per
-            layer) or "pair" (a `(key, value)` tuple per layer).
+            layer), "pair" (a `(key, value)` tuple per layer) or "per_layer"
+            (a stacked tensor per layer, each with its own head count and
+            width; layers that share another's keys and values have none).
         chat_format: how messages become a prompt.
         plain_torch: `generation.torch_runner` can run this architecture.
         context_length: the default context for a backbone config, when the
@@ -53,6 +55,13 @@ class Architecture:
         matches: whether a KerasHub backbone, given as its class name and
             config, is this architecture; the class name may be None for a
             bare config dict.
+        hf_backbone_config: the backbone arguments for a transformers
+            `config.json`, when gemma_keras converts this architecture's
+            safetensors itself (`sources.hf_convert`); None when KerasHub's
+            own converter is used.
+        parameter_count: the text model's parameters for a backbone config,
+            for records with `hf_backbone_config` (their layers differ, so
+            the Gemma 1-3 shape table does not describe them).
     """
 
     name: str
@@ -77,6 +86,8 @@ class Architecture:
     hf_config: Callable[[dict[str, Any]], dict[str, Any]]
     matches: Callable[[str | None, dict[str, Any]], bool]
     keras_tokenizer_options: Callable[[set[str]], dict[str, Any]] = field(default=lambda pieces: {})
+    hf_backbone_config: Callable[..., dict[str, Any]] | None = None
+    parameter_count: Callable[[dict[str, Any]], int] | None = None
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from gemma_keras.architectures.gemma import GEMMA, GEMMA2
 from gemma_keras.architectures.gemma3 import GEMMA3
+from gemma_keras.architectures.gemma4 import GEMMA4
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.errors import UnsupportedModelError
 
-ARCHITECTURES: tuple[Architecture, ...] = (GEMMA, GEMMA2, GEMMA3)
+ARCHITECTURES: tuple[Architecture, ...] = (GEMMA, GEMMA2, GEMMA3, GEMMA4)
 
 
 def names() -> tuple[str, ...]:
@@ -36,7 +37,7 @@ def by_gguf_arch(name: str, where: str = "the file") -> Architecture:
 
 
 def by_hf_model_type(model_type: str, where: str = "the checkpoint") -> Architecture:
-    """The record of a transformers `model_type` ("gemma", "gemma2", "gemma3_text")."""
+    """The record of a transformers `model_type` ("gemma", "gemma2", "gemma3_text", "gemma4_text")."""
     known = ", ".join(repr(a.hf_model_type) for a in ARCHITECTURES)
     return _find(
         "hf_model_type",
@@ -52,7 +53,7 @@ def of_backbone(backbone) -> Architecture:
 
 def of_config(config: dict, class_name: str | None = None) -> Architecture:
     """The record of a backbone config (with its KerasHub class name, when known)."""
-    if config.get("use_bidirectional_attention"):
+    if config.get("use_bidirectional_attention") or config.get("is_embedding_model"):
         raise UnsupportedModelError(
             "The preset holds an embedding model (bidirectional attention); it cannot generate text."
         )

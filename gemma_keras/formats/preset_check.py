@@ -396,6 +396,8 @@ def _check_hf_checkpoint(path: Path, config: dict) -> Architecture:
     if not isinstance(model_type, str):
         raise SourceError(f"{where}: model_type = {model_type!r} is not a name.")
     arch = by_hf_model_type(model_type, where)
+    if arch.hf_backbone_config is not None:
+        return _check_converted_hf(path, config, arch)
     backbone = _hf_backbone(where, config, arch)
     context = None
     if config.get("max_position_embeddings") is not None:
@@ -430,6 +432,36 @@ def _check_hf_checkpoint(path: Path, config: dict) -> Architecture:
     _fits(
         config_file, _summary(backbone, HF_NAMES), parameters, weights, held, elements, elements - (1 << 24)
     )
+    return arch
+
+
+def _check_converted_hf(path: Path, config: dict, arch: Architecture) -> Architecture:
+    """A checkpoint we convert ourselves (`sources.hf_convert`): the record reads the config."""
+    config_file = path / "config.json"
+    where = str(config_file)
+    backbone = arch.hf_backbone_config(config, where)
+    check_backbone_config(
+        {k: backbone[k] for k in _HF_REQUIRED + ("intermediate_dim",)},
+        where=where,
+        error=SourceError,
+        names=HF_NAMES,
+    )
+    for field, limit in (
+        ("global_head_dim", 4096),
+        ("num_global_key_value_heads", backbone["num_query_heads"]),
+        ("hidden_size_per_layer_input", 1 << 16),
+        ("vocab_size_per_layer_input", 1 << 22),
+        ("num_experts", 4096),
+        ("expert_intermediate_dim", 1 << 20),
+        ("num_kv_shared_layers", backbone["num_layers"] - 1),
+    ):
+        if backbone.get(field) is not None:
+            size(where, field, backbone[field], 0, limit, SourceError)
+    _check_token_ids(where, config.get("text_config") or config, backbone["vocabulary_size"])
+    weights, elements = _safetensors(path)
+    parameters = arch.parameter_count(backbone)
+    # A multimodal checkpoint also holds its vision and audio towers.
+    _fits(config_file, _summary(backbone, HF_NAMES), parameters, weights, f"{elements:,} values", elements, 0)
     return arch
 
 

@@ -9,6 +9,12 @@ loop between calls runs in Python, so tokens can stream and stop on strings.
 The runner owns no transformer math: it calls the backbone's own embedding,
 decoder blocks (with their caches and sliding windows) and final norm. One
 change is made to KerasHub's layers: `_use_position_sliding_mask`.
+
+Gemma 4 ("per_layer" cache layout) differs in three ways, all in
+`_forward_per_layer`: each layer's cache has that layer's own head count and
+width (KerasHub pads every layer to the widest and stacks them, copying the
+whole cache each step); a KV-shared layer has no cache and reads the one its
+source layer has just written; and per-layer inputs are computed once per call.
 """
 
 from __future__ import annotations
@@ -51,11 +57,24 @@ class KerasRunner:
         for layer in self.backbone.transformer_layers:
             _use_position_sliding_mask(layer.attention)
 
+        # Gemma 4: the cache slot each layer reads (its own, or its KV source's), and which layers own one.
+        self._slots: list[int] = []
+        self._owners: list = []
+        if arch.cache_layout == "per_layer":
+            for layer in self.backbone.transformer_layers:
+                if layer.is_kv_shared_layer:
+                    self._slots.append(self._slots[layer.kv_shared_layer_index])
+                else:
+                    self._slots.append(len(self._owners))
+                    self._owners.append(layer)
+
     # --- the model math, written once for every backend -------------------
     def _forward(self, token_ids, padding_mask, cache, index):
         from keras import ops
 
         self.trace_count += 1  # runs once per trace when compiled
+        if self.arch.cache_layout == "per_layer":
+            return self._forward_per_layer(token_ids, padding_mask, cache, index)
         backbone = self.backbone
         x = backbone.token_embedding(token_ids)
         x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
@@ -71,6 +90,42 @@ class KerasRunner:
         x = backbone.layer_norm(x[:, -1:, :])
         logits = backbone.token_embedding(x, reverse=True)[:, 0, :]
         return ops.cast(logits, "float32"), new_cache
+
+    def _forward_per_layer(self, token_ids, padding_mask, cache, index):
+        """Gemma 4's forward pass, as `Gemma4CausalLM.call_with_cache` computes it (text only)."""
+        from keras import ops
+
+        backbone = self.backbone
+        x = backbone.token_embedding(token_ids)
+        per_layer = backbone.hidden_size_per_layer_input
+        if per_layer:
+            table = backbone.per_layer_token_embedding(token_ids)
+            table = ops.cast(table, x.dtype) * ops.cast(per_layer**0.5, x.dtype)
+        x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
+        if per_layer:
+            projected = backbone.per_layer_model_projection(x) * ops.cast(backbone.hidden_dim**-0.5, x.dtype)
+        cache = list(cache)
+        for i, layer in enumerate(backbone.transformer_layers):
+            layer_input = None
+            if per_layer:
+                part = slice(i * per_layer, (i + 1) * per_layer)
+                normed = backbone.per_layer_projection_norm(projected[:, :, part])
+                layer_input = (normed + table[:, :, part]) * ops.cast(2.0**-0.5, x.dtype)
+            slot = self._slots[i]
+            shared = cache[slot] if layer.is_kv_shared_layer else None
+            x, written = layer(
+                x,
+                padding_mask=padding_mask,
+                cache=cache[slot],
+                cache_update_index=index,
+                per_layer_input=layer_input,
+                shared_kv=shared,
+            )
+            if shared is None:
+                cache[slot] = written
+        x = backbone.layer_norm(x[:, -1:, :])
+        logits = backbone.token_embedding(x, reverse=True)[:, 0, :]
+        return ops.cast(logits, "float32"), cache
 
     def _greedy_chunk(self, token_ids, padding_mask, cache, index):
         """Feeds `token_ids`, then `CHUNK - 1` greedy picks; returns the `CHUNK` picks.
@@ -101,7 +156,14 @@ class KerasRunner:
         kv = self.backbone.num_key_value_heads
         dim = self.backbone.head_dim
         dtype = self.causal_lm.compute_dtype
-        if self.arch.cache_layout == "pair":
+        if self.arch.cache_layout == "per_layer":
+            cache = [
+                ops.zeros(
+                    (rows, 2, length, layer.attention.effective_num_kv_heads, layer.attention.head_dim), dtype
+                )
+                for layer in self._owners
+            ]
+        elif self.arch.cache_layout == "pair":
             shape = (rows, length, kv, dim)
             cache = [
                 (ops.zeros(shape, dtype), ops.zeros(shape, dtype)) for _ in range(self.backbone.num_layers)

@@ -9,7 +9,8 @@ Sources, in the order they are checked:
 - an existing file: read as GGUF (the magic bytes are checked) and converted
   once into a cached Keras preset (see `cache.py` and `convert.py`);
 - an existing directory: a Keras preset, or a Hugging Face safetensors
-  checkpoint, read by KerasHub's own loaders;
+  checkpoint, read by KerasHub's own loaders (Gemma 1-3) or converted by
+  `hf_convert.py` (Gemma 4);
 - anything else: a KerasHub preset name such as `gemma3_instruct_1b`,
   downloaded from Kaggle.
 
@@ -44,11 +45,12 @@ from gemma_keras.errors import (
 )
 from gemma_keras.formats.gguf_reader import check_magic, read_gguf
 from gemma_keras.formats.model_info import ModelInfo
-from gemma_keras.formats.preset_check import check_model_dir
+from gemma_keras.formats.preset_check import check_model_dir, read_json
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.model import Gemma
 from gemma_keras.sources import cache
 from gemma_keras.sources.convert import convert_gguf
+from gemma_keras.sources.hf_convert import convert_hf_dir
 from gemma_keras.sources.embedded import SOURCE_NAME, embedded_gguf, embedded_package
 from gemma_keras.sources.hub import HUB_HOSTS, HUB_TITLES, offline_reason
 
@@ -68,7 +70,7 @@ def load(
     dtype: str | None = None,
     progress: Progress | None = None,
 ) -> Gemma:
-    """Loads a Gemma, Gemma 2 or Gemma 3 model.
+    """Loads a Gemma, Gemma 2, Gemma 3 or Gemma 4 (text) model.
 
     Args:
         source: None for the embedded Gemma 3 270M, a `.gguf` path, a Keras
@@ -200,12 +202,23 @@ def _load_preset_dir(path: Path, dtype: str, progress: Progress | None) -> Gemma
             "a Keras preset nor a Hugging Face checkpoint."
         )
     # Every size the files declare is bounded before KerasHub builds (and a backend allocates) anything.
-    check_model_dir(path)
+    arch = check_model_dir(path)
     manifest = cache.read_manifest(path, verify=False)
+    tuned = _instruction_tuned([path.resolve().name], unmarked=None)
+    if arch.hf_backbone_config is not None and not _is_keras_preset(path):
+        _report(progress, f"converting the {arch.title} checkpoint", 0.3)
+        with quiet_native_logs():
+            lm, tokenizer = convert_hf_dir(path, arch, dtype)
+        _report(progress, "done", 1.0)
+        return _wrap(lm, manifest, str(path), dtype, tokenizer=tokenizer, instruction_tuned=tuned)
     _report(progress, "loading the Keras preset", 0.5)
     lm = _from_preset(str(path), dtype)
-    tuned = _instruction_tuned([path.resolve().name], unmarked=None)
     return _wrap(lm, manifest, str(path), dtype, instruction_tuned=tuned)
+
+
+def _is_keras_preset(path: Path) -> bool:
+    """A Keras preset's config.json names its class; a transformers one has a model_type."""
+    return "registered_name" in (read_json(path / "config.json") or {})
 
 
 def known_preset_names() -> list[str]:

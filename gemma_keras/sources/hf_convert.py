@@ -1,0 +1,68 @@
+"""Builds a KerasHub causal LM from a transformers checkpoint directory, for architectures we convert ourselves.
+
+KerasHub's own converter handles Gemma 1-3 checkpoints. Its Gemma 4 converter
+fails on what transformers 5 writes (`per_layer_config` instead of
+`global_head_dim`, no `processor_config.json`) and wants `tokenizer.model`,
+which transformers 5 no longer saves; so for records with an
+`hf_backbone_config` the config, the weights and the tokenizer are read here.
+The directory has passed `check_model_dir` (sizes bounded, headers checked).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gemma_keras.architectures.record import Architecture
+from gemma_keras.backend.no_init import weights_follow
+from gemma_keras.backend.quiet import quiet_native_logs
+from gemma_keras.backend.selection import import_keras_hub
+from gemma_keras.errors import GemmaKerasError, SourceError
+from gemma_keras.formats.gemma4_tensors import fill_gemma4
+from gemma_keras.formats.hf_tokenizer import checkpoint_tokenizer
+from gemma_keras.formats.safetensors_reader import SafetensorsTensors
+from gemma_keras.formats.sentencepiece import GemmaTokenizer
+
+# Where the text model's weights live: a text-only checkpoint, then a multimodal one.
+_PREFIXES = ("model.language_model.", "model.")
+
+
+def convert_hf_dir(path: Path, arch: Architecture, dtype: str):
+    """Returns `(causal_lm, tokenizer)` built from the checkpoint in `path`."""
+    import_keras_hub()
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    backbone_config = arch.hf_backbone_config(config, str(path / "config.json"))
+    proto = checkpoint_tokenizer(path)
+    try:
+        tokenizer = GemmaTokenizer(proto)
+        pieces = {tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size)}
+        with quiet_native_logs():
+            keras_tokenizer = arch.keras_class("tokenizer")(proto=proto, **arch.keras_tokenizer_options(pieces))
+            preprocessor = arch.keras_class("preprocessor")(tokenizer=keras_tokenizer)
+    except GemmaKerasError:
+        raise
+    except Exception as exc:  # sentencepiece and TensorFlow raise their own types
+        raise SourceError(
+            f"{path}: the tokenizer does not form a valid SentencePiece model ({type(exc).__name__}: {str(exc)[:300]})."
+        ) from exc
+    if tokenizer.vocabulary_size > backbone_config["vocabulary_size"]:
+        raise SourceError(
+            f"{path}: the tokenizer has {tokenizer.vocabulary_size:,} tokens but the model only "
+            f"{backbone_config['vocabulary_size']:,} embeddings."
+        )
+    tensors = SafetensorsTensors(path)
+    names = tensors.names()
+    prefix = next((p for p in _PREFIXES if f"{p}embed_tokens.weight" in names), None)
+    if prefix is None:
+        raise SourceError(f"{path}: no text model weights (model.embed_tokens.weight) in the safetensors files.")
+    with weights_follow():
+        backbone = arch.keras_class("backbone")(**backbone_config, dtype=dtype)
+
+    def mismatch(name: str, got: tuple, wanted: tuple) -> SourceError:
+        return SourceError(
+            f"{path}: tensor {prefix}{name} has shape {got}, but the model config.json describes needs {wanted}."
+        )
+
+    fill_gemma4(backbone, lambda name: tensors.get(prefix + name), mismatch)
+    causal_lm = arch.keras_class("causal_lm")(backbone=backbone, preprocessor=preprocessor)
+    return causal_lm, tokenizer
