@@ -438,7 +438,10 @@ class Gemma:
         from keras import ops
 
         ids = np.asarray([self._token_ids(token_ids)], dtype=np.int32)
-        out = self.causal_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+        inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+        if "position_ids" in (getattr(self.backbone, "input", None) or {}):  # Gemma 4
+            inputs["position_ids"] = np.arange(ids.shape[1], dtype=np.int32)[None]
+        out = self.causal_lm(inputs)
         return np.asarray(ops.convert_to_numpy(ops.cast(out, "float32")))[0]
 
     def count_tokens(self, text: str) -> int:

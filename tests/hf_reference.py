@@ -92,3 +92,72 @@ def hf_greedy(model, ids: list[int], steps: int) -> tuple[list[int], np.ndarray]
         )
     logits = torch.stack(out.logits)[:, 0].float().numpy()
     return [int(t) for t in out.sequences[0, len(ids) :]], logits
+
+
+# --- tiny transformers checkpoints of architectures we convert ourselves -----
+GEMMA4_BASE = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    global_head_dim=16,
+    sliding_window=8,
+    layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+    hidden_size_per_layer_input=0,
+    final_logit_softcapping=30.0,
+    max_position_embeddings=512,
+)
+GEMMA4_VARIANTS = {
+    "dense": {},
+    # E2B/E4B-style: per-layer inputs, and the last two layers read earlier layers' keys and values.
+    "kv_shared": dict(hidden_size_per_layer_input=4, num_kv_shared_layers=2),
+    # 26B-A4B-style: a mixture of experts beside the dense MLP; global layers reuse keys as values.
+    "moe": dict(
+        enable_moe_block=True,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=16,
+        attention_k_eq_v=True,
+        num_global_key_value_heads=1,
+    ),
+}
+
+
+def save_tiny_tokenizer(out_dir: Path, proto: bytes) -> None:
+    """The SentencePiece model saved by transformers' own `GemmaTokenizer.save_pretrained` (tokenizer.json)."""
+    import tempfile
+
+    from transformers import GemmaTokenizer
+
+    with tempfile.TemporaryDirectory() as spm_dir:
+        (Path(spm_dir) / "tokenizer.model").write_bytes(proto)
+        GemmaTokenizer.from_pretrained(spm_dir).save_pretrained(str(out_dir))
+
+
+def write_tiny_gemma4(out_dir: Path, variant: str, proto: bytes, vocab_size: int, seed: int = 0):
+    """A random `Gemma4ForCausalLM` saved with `save_pretrained`, with the tokenizer; returns the model.
+
+    Every weight is perturbed (norms and layer scalars included), so a
+    weight read in the wrong place or convention changes the logits.
+    """
+    import torch
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    config = Gemma4TextConfig(
+        vocab_size=vocab_size,
+        vocab_size_per_layer_input=vocab_size,
+        **{**GEMMA4_BASE, **GEMMA4_VARIANTS[variant]},
+    )
+    torch.manual_seed(seed)
+    model = Gemma4ForCausalLM(config).eval()
+    with torch.no_grad():
+        for _, parameter in model.named_parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+        for name, buffer in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                buffer.add_(torch.randn_like(buffer) * 0.1)
+    model.save_pretrained(str(out_dir))
+    save_tiny_tokenizer(out_dir, proto)
+    return model

@@ -166,12 +166,22 @@ class TurnFormat:
     ) -> list[int]:
         """Token ids of the rendered messages, `<bos>` included: markers as control tokens, content as text."""
         turns = self._turns(messages, add_generation_prompt)
+        self.check_vocabulary(tokenizer)
         ids = [tokenizer.bos_id]
         for piece in self.pieces(turns):
             ids += tokenizer.encode(piece.text, add_bos=False, special=not piece.literal)
         if add_generation_prompt:
             ids += tokenizer.encode(self.generation_prompt(), add_bos=False, special=True)
         return ids
+
+    def check_vocabulary(self, tokenizer) -> None:
+        """Refuses a vocabulary without this format's markers, which would be encoded as plain text."""
+        missing = [m for m in (self.start, self.end) if tokenizer.token_to_id(m) < 0]
+        if missing:
+            raise GenerationArgumentError(
+                f"this model's vocabulary has no {' or '.join(missing)} token, which the {self.name} chat "
+                "format needs; use generate() with your own prompt text instead of chat()."
+            )
 
     def _turns(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool) -> list[Turn]:
         turns = self.normalize(messages)

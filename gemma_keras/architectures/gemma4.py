@@ -41,7 +41,9 @@ def _rope(params: dict[str, Any], kind: str, where: str) -> tuple[float | None, 
     return (None if theta is None else float(theta)), factor, partial
 
 
-def _global_overrides(cfg: dict[str, Any], layer_types: list[str], where: str) -> tuple[int | None, int | None]:
+def _global_overrides(
+    cfg: dict[str, Any], layer_types: list[str], where: str
+) -> tuple[int | None, int | None]:
     """(global head dim, global key/value heads) from either config layout.
 
     transformers 5 writes `per_layer_config` ({layer: {field: value}}); KerasHub
@@ -56,7 +58,9 @@ def _global_overrides(cfg: dict[str, Any], layer_types: list[str], where: str) -
         for key, overrides in per_layer.items():
             layer = int(key)
             if not 0 <= layer < len(layer_types):
-                raise UnsupportedModelError(f"{where}: per_layer_config names layer {layer}, which does not exist.")
+                raise UnsupportedModelError(
+                    f"{where}: per_layer_config names layer {layer}, which does not exist."
+                )
             unknown = set(overrides) - set(seen)
             if unknown or layer_types[layer] != _FULL:
                 raise UnsupportedModelError(
@@ -90,7 +94,9 @@ def hf_backbone_config(config: dict[str, Any], where: str = "config.json") -> di
     """`Gemma4Backbone` arguments for a transformers Gemma 4 (text) config."""
     cfg = text_config(config)
     if cfg.get("use_bidirectional_attention") == "all":
-        raise UnsupportedModelError(f"{where}: an embedding model (bidirectional attention); it cannot generate text.")
+        raise UnsupportedModelError(
+            f"{where}: an embedding model (bidirectional attention); it cannot generate text."
+        )
     layers = cfg.get("num_hidden_layers")
     if not isinstance(layers, int) or isinstance(layers, bool) or not 0 < layers <= 1024:
         raise SourceError(f"{where}: num_hidden_layers = {layers!r} is not a layer count from 1 to 1024.")
@@ -171,11 +177,15 @@ def parameter_count(config: dict[str, Any]) -> int:
 
 
 def _no_gguf(key: GGUFKey, num_layers: int) -> dict[str, Any]:
-    raise UnsupportedModelError("gemma_keras does not read Gemma 4 GGUF files yet; load the safetensors directory.")
+    raise UnsupportedModelError(
+        "gemma_keras does not read Gemma 4 GGUF files yet; load the safetensors directory."
+    )
 
 
 def _no_hf_export(config: dict[str, Any]) -> dict[str, Any]:
-    raise UnsupportedModelError("gemma_keras cannot export Gemma 4 yet; save it as a Keras preset with lm.save().")
+    raise UnsupportedModelError(
+        "gemma_keras cannot export Gemma 4 yet; save it as a Keras preset with lm.save()."
+    )
 
 
 GEMMA4 = Architecture(
@@ -209,4 +219,5 @@ GEMMA4 = Architecture(
     },
     hf_backbone_config=hf_backbone_config,
     parameter_count=parameter_count,
+    export_formats=frozenset({"keras"}),
 )

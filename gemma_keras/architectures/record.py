@@ -59,6 +59,8 @@ class Architecture:
             `config.json`, when gemma_keras converts this architecture's
             safetensors itself (`sources.hf_convert`); None when KerasHub's
             own converter is used.
+        export_formats: what `Gemma.export` can write for it ("keras",
+            "safetensors", "gguf").
         parameter_count: the text model's parameters for a backbone config,
             for records with `hf_backbone_config` (their layers differ, so
             the Gemma 1-3 shape table does not describe them).
@@ -88,6 +90,7 @@ class Architecture:
     keras_tokenizer_options: Callable[[set[str]], dict[str, Any]] = field(default=lambda pieces: {})
     hf_backbone_config: Callable[..., dict[str, Any]] | None = None
     parameter_count: Callable[[dict[str, Any]], int] | None = None
+    export_formats: frozenset[str] = frozenset({"keras", "safetensors", "gguf"})
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""

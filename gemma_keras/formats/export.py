@@ -59,7 +59,7 @@ def export(
     format = resolve_format(dest, format)
     dtype = resolve_dtype(format, dtype, info)
     check_export_destination(dest, format, overwrite)
-    check_exportable(causal_lm, info)
+    check_exportable(causal_lm, info, format)
     # SIGINT and SIGTERM are honoured between tensors (`read_backbone`) and before publishing;
     # `staged` then removes the temporary and leaves the destination as it was.
     with staged(dest, KINDS[format], overwrite=overwrite, others=KINDS.values()) as tmp:
@@ -115,8 +115,13 @@ def resolve_dtype(format: str, dtype: str | None, info: ModelInfo | None = None)
     return dtype
 
 
-def check_exportable(causal_lm, info: ModelInfo) -> None:
+def check_exportable(causal_lm, info: ModelInfo, format: str = "keras") -> None:
     """Refuses models whose weights no writer can express."""
+    if format not in info.arch.export_formats:
+        raise ExportError(
+            f"gemma_keras cannot export {info.arch.title} as {format} yet (its weight names for that "
+            "format are not written); export format='keras' (a Keras preset, which gk.load and KerasHub read)."
+        )
     quantized = [
         layer.name
         for layer in causal_lm.backbone._flatten_layers()

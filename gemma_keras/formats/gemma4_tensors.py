@@ -33,9 +33,21 @@ class Tensor:
 TOP = (
     Tensor("token_embd", "token_embedding.embeddings", "as_is", "embed_tokens.weight"),
     Tensor("output_norm", "layer_norm.scale", "as_is", "norm.weight"),
-    Tensor("per_layer_token_embd", "per_layer_token_embedding.embeddings", "as_is", "embed_tokens_per_layer.weight"),
-    Tensor("per_layer_model_proj", "per_layer_model_projection.kernel", "dense", "per_layer_model_projection.weight"),
-    Tensor("per_layer_proj_norm", "per_layer_projection_norm.scale", "as_is", "per_layer_projection_norm.weight"),
+    Tensor(
+        "per_layer_token_embd",
+        "per_layer_token_embedding.embeddings",
+        "as_is",
+        "embed_tokens_per_layer.weight",
+    ),
+    Tensor(
+        "per_layer_model_proj",
+        "per_layer_model_projection.kernel",
+        "dense",
+        "per_layer_model_projection.weight",
+    ),
+    Tensor(
+        "per_layer_proj_norm", "per_layer_projection_norm.scale", "as_is", "per_layer_projection_norm.weight"
+    ),
 )
 # Weights of decoder block i: `blk.{i}.<gguf>` and `layers.{i}.<hf>`.
 BLOCK = (
@@ -110,9 +122,13 @@ def fill_gemma4(
         variable = _attribute(owner, entry.keras)
         if variable is None:
             return
-        value = to_keras(np.asarray(get(hf)), entry.layout, tuple(variable.shape))
+        array = np.asarray(get(hf))
+        try:
+            value = to_keras(array, entry.layout, tuple(variable.shape))
+        except ValueError:  # a reshape the variable's shape does not allow
+            raise mismatch(hf, array.shape, tuple(variable.shape)) from None
         if tuple(variable.shape) != value.shape:
-            raise mismatch(hf, value.shape, tuple(variable.shape))
+            raise mismatch(hf, array.shape, tuple(variable.shape))
         variable.assign(value)
         filled.add(id(variable))
 
@@ -127,4 +143,6 @@ def fill_gemma4(
     text = [w for w in backbone.weights if not w.path.startswith(("vision", "audio"))]
     unfilled = [w.path for w in text if id(w) not in filled]
     if unfilled:
-        raise RuntimeError(f"gemma_keras bug: the Gemma 4 tensor table does not name the weights {unfilled[:5]}.")
+        raise RuntimeError(
+            f"gemma_keras bug: the Gemma 4 tensor table does not name the weights {unfilled[:5]}."
+        )

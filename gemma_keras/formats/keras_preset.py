@@ -15,7 +15,6 @@ from gemma_keras.errors import ExportError
 from gemma_keras.formats.manifest import KERAS_PRESET, export_kind, manifest_info, write_manifest
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.staging import Kind
-from gemma_keras.formats.tensor_names import fill_backbone, read_backbone
 
 # A directory is our preset when its manifest says so and lists all it holds.
 KIND = Kind("Keras preset", directory=True, ours=lambda path: export_kind(path) == KERAS_PRESET)
@@ -48,10 +47,18 @@ def rebuild(causal_lm, **config_changes):
     backbone = causal_lm.backbone
     with weights_follow():
         clean = type(backbone).from_config(dict(backbone.get_config(), **config_changes))
-    merged = dict(read_backbone(backbone))
-
-    def mismatch(name, got, wanted):
-        return ExportError(f"Weight {name!r} has shape {got}; the rebuilt model needs {wanted}.")
-
-    fill_backbone(clean, merged.pop, mismatch)
+    # Variables are named by their layers' paths, which the copy shares; a LoRA
+    # layer's `kernel` is the merged weight, stored under its plain kernel's path.
+    values = {w.path: w for w in backbone.weights}
+    for layer in backbone._flatten_layers(include_self=False):
+        if getattr(layer, "lora_enabled", False):
+            values[layer._kernel.path] = layer.kernel
+    for variable in clean.weights:
+        value = values.get(variable.path)
+        if value is None or tuple(value.shape) != tuple(variable.shape):
+            raise ExportError(
+                f"gemma_keras bug: weight {variable.path!r} of the rebuilt model has no match of shape "
+                f"{tuple(variable.shape)} in the model."
+            )
+        variable.assign(value)
     return type(causal_lm)(backbone=clean, preprocessor=causal_lm.preprocessor)

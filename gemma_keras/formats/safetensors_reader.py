@@ -48,7 +48,9 @@ class SafetensorsTensors:
         file, entry, start = self._where[name]
         dtype = _DTYPES.get(entry["dtype"])
         if dtype is None:
-            raise SourceError(f"{file}: tensor {name!r} is {entry['dtype']}; gemma_keras reads F32, F16 and BF16.")
+            raise SourceError(
+                f"{file}: tensor {name!r} is {entry['dtype']}; gemma_keras reads F32, F16 and BF16."
+            )
         begin, end = entry["data_offsets"]
         raw = np.memmap(file, dtype=np.uint8, mode="r", offset=start + begin, shape=(end - begin,))
         values = raw.view(dtype).reshape(entry["shape"])

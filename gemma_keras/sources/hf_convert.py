@@ -37,7 +37,9 @@ def convert_hf_dir(path: Path, arch: Architecture, dtype: str):
         tokenizer = GemmaTokenizer(proto)
         pieces = {tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size)}
         with quiet_native_logs():
-            keras_tokenizer = arch.keras_class("tokenizer")(proto=proto, **arch.keras_tokenizer_options(pieces))
+            keras_tokenizer = arch.keras_class("tokenizer")(
+                proto=proto, **arch.keras_tokenizer_options(pieces)
+            )
             preprocessor = arch.keras_class("preprocessor")(tokenizer=keras_tokenizer)
     except GemmaKerasError:
         raise
@@ -54,7 +56,9 @@ def convert_hf_dir(path: Path, arch: Architecture, dtype: str):
     names = tensors.names()
     prefix = next((p for p in _PREFIXES if f"{p}embed_tokens.weight" in names), None)
     if prefix is None:
-        raise SourceError(f"{path}: no text model weights (model.embed_tokens.weight) in the safetensors files.")
+        raise SourceError(
+            f"{path}: no text model weights (model.embed_tokens.weight) in the safetensors files."
+        )
     with weights_follow():
         backbone = arch.keras_class("backbone")(**backbone_config, dtype=dtype)
 

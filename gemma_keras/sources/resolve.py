@@ -50,8 +50,8 @@ from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.model import Gemma
 from gemma_keras.sources import cache
 from gemma_keras.sources.convert import convert_gguf
-from gemma_keras.sources.hf_convert import convert_hf_dir
 from gemma_keras.sources.embedded import SOURCE_NAME, embedded_gguf, embedded_package
+from gemma_keras.sources.hf_convert import convert_hf_dir
 from gemma_keras.sources.hub import HUB_HOSTS, HUB_TITLES, offline_reason
 
 Progress = Callable[[str, float], None]
@@ -205,7 +205,7 @@ def _load_preset_dir(path: Path, dtype: str, progress: Progress | None) -> Gemma
     arch = check_model_dir(path)
     manifest = cache.read_manifest(path, verify=False)
     tuned = _instruction_tuned([path.resolve().name], unmarked=None)
-    if arch.hf_backbone_config is not None and not _is_keras_preset(path):
+    if not _is_keras_preset(path) and arch.hf_backbone_config is not None:
         _report(progress, f"converting the {arch.title} checkpoint", 0.3)
         with quiet_native_logs():
             lm, tokenizer = convert_hf_dir(path, arch, dtype)

@@ -170,6 +170,7 @@ def encode_record(
         ids = tokenizer.encode(record["text"], add_bos=True, special=True) + [tokenizer.eos_id]
         mask = [0] + [1] * (len(ids) - 1)
         return Example(np.asarray(ids, np.int32), np.asarray(mask, np.int8))
+    chat_format.check_vocabulary(tokenizer)
     ids = [tokenizer.bos_id]
     mask = [0]
 

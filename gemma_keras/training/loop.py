@@ -114,7 +114,11 @@ def scored_positions_model(backbone):
             self.backbone = backbone
 
         def call(self, inputs):
-            hidden = self.backbone({"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]})
+            features = {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
+            if "position_ids" in self.backbone.input:  # Gemma 4 takes positions explicitly
+                shape = ops.shape(inputs["token_ids"])
+                features["position_ids"] = ops.broadcast_to(ops.arange(shape[1], dtype="int32")[None], shape)
+            hidden = self.backbone(features)
             positions = ops.cast(inputs["positions"], "int32")[:, :, None]
             picked = ops.take_along_axis(hidden, positions, axis=1)
             logits = ops.cast(self.backbone.token_embedding(picked, reverse=True), "float32")

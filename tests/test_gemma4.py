@@ -1,0 +1,219 @@
+"""Gemma 4 (text) against transformers, on tiny random checkpoints that transformers itself saved.
+
+Each variant is built as a `Gemma4ForCausalLM`, every weight perturbed,
+saved with `save_pretrained` together with a tokenizer (transformers 5 writes
+`tokenizer.json` only), and loaded with `gk.load(dir)` on the backend of
+this session. Prompts are longer than the sliding window (8), so local and
+global layers both matter.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import gemma_keras as gk
+from gemma_keras.errors import GenerationArgumentError, SourceError, UnsupportedModelError
+from tests.conftest import generate_ids
+from tests.hf_reference import GEMMA4_VARIANTS, save_tiny_tokenizer, write_tiny_gemma4
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+GEMMA4_TOKENS = [
+    "<|turn>",
+    "<turn|>",
+    "<|channel>",
+    "<channel|>",
+    "<|tool_call>",
+    "<tool_call|>",
+    "<|tool_response>",
+]
+PROMPTS = [
+    "the capital of France is Paris and the model of the world",
+    "hello world model user the of and is in to",
+]
+
+
+@pytest.fixture(scope="module")
+def vocab_proto(tmp_path_factory):
+    """A tiny Gemma vocabulary with Gemma 4's turn tokens as control pieces."""
+    from gemma_keras.formats.gguf_reader import read_gguf
+    from gemma_keras.testing import tiny_vocab, write_tiny_gguf
+
+    tokens, types = tiny_vocab()
+    path = tmp_path_factory.mktemp("vocab") / "vocab.gguf"
+    write_tiny_gguf(path, "gemma3", vocab=(tokens + GEMMA4_TOKENS, types + [3] * len(GEMMA4_TOKENS)))
+    return read_gguf(path).tokenizer_proto()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, vocab_proto):
+    """variant -> (directory, transformers model)."""
+    import sentencepiece
+
+    size = sentencepiece.SentencePieceProcessor(model_proto=vocab_proto).get_piece_size()
+    root = tmp_path_factory.mktemp("gemma4")
+    return {v: (root / v, write_tiny_gemma4(root / v, v, vocab_proto, size)) for v in GEMMA4_VARIANTS}
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoints):
+    return {v: gk.load(path) for v, (path, _) in checkpoints.items()}
+
+
+@pytest.mark.parametrize("variant", list(GEMMA4_VARIANTS))
+def test_logits_match_transformers(variant, checkpoints, loaded):
+    _, hf = checkpoints[variant]
+    lm = loaded[variant]
+    assert lm.info.architecture == "gemma4"
+    for prompt in PROMPTS:
+        ids = lm.tokenizer.encode(prompt)
+        assert len(ids) > 8  # past the sliding window
+        with torch.no_grad():
+            want = hf(torch.tensor([ids])).logits[0, -1].numpy()
+        got = lm.logits(ids)
+        assert np.abs(got - want).max() < 1e-4, variant
+
+
+@pytest.mark.parametrize("variant", list(GEMMA4_VARIANTS))
+def test_greedy_tokens_match_transformers(variant, checkpoints, loaded):
+    _, hf = checkpoints[variant]
+    lm = loaded[variant]
+    prompts = [lm.tokenizer.encode(p) for p in PROMPTS]
+    want = []
+    for ids in prompts:
+        with torch.no_grad():
+            out = hf.generate(
+                torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        want.append(out[0, len(ids) :].tolist())
+    # Batched (rows of different lengths) and through the greedy chunks.
+    assert generate_ids(lm, prompts, 16) == want
+    # And through the public API, text in and text out.
+    text = lm.generate(PROMPTS[0], max_new_tokens=16, stop=[])
+    assert text == lm.tokenizer.decode(want[0])
+
+
+def test_kv_shared_layers_hold_no_cache(loaded):
+    lm = loaded["kv_shared"]
+    cache = lm.runner.new_cache(1, 32)
+    layers = lm.backbone.transformer_layers
+    assert sum(layer.is_kv_shared_layer for layer in layers) == 2
+    assert len(cache) == len(layers) - 2
+    # Global layers are wider than sliding ones: each cache has its own layer's shape.
+    assert {tuple(c.shape[-2:]) for c in cache} == {(2, 8), (2, 16)}
+
+
+def test_tokenizer_json_tokenizes_like_tokenizers(checkpoints, loaded):
+    from tokenizers import Tokenizer
+
+    path, _ = checkpoints["dense"]
+    assert not (path / "tokenizer.model").exists()
+    reference = Tokenizer.from_file(str(path / "tokenizer.json"))
+    lm = loaded["dense"]
+    texts = PROMPTS + ["  spaces\n\ntabs\tand 12345", "Ünïcödé 🙂 日本", "the the the", "x" * 30]
+    for text in texts:
+        assert (
+            lm.tokenizer.encode(text, add_bos=False) == reference.encode(text, add_special_tokens=False).ids
+        )
+
+
+def test_chat_uses_gemma4_turns(loaded):
+    lm = loaded["dense"]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    assert lm.architecture.chat_format.render(messages) == (
+        "<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\nhello<turn|>\n<|turn>model\n"
+    )
+    ids = lm.architecture.chat_format.encode(messages, lm.tokenizer)
+    assert ids.count(lm.tokenizer.token_to_id("<|turn>")) == 3
+    stops = lm.architecture.stop_token_ids(lm.tokenizer)
+    assert (
+        lm.tokenizer.token_to_id("<turn|>") in stops and lm.tokenizer.token_to_id("<|tool_response>") in stops
+    )
+    reply = lm.chat(system="Be brief.").send("hello", max_new_tokens=4)
+    assert isinstance(reply, str)
+
+
+def test_chat_refuses_a_vocabulary_without_turn_tokens(tmp_path, checkpoints):
+    from gemma_keras.formats.gguf_reader import read_gguf
+    from gemma_keras.testing import write_tiny_gguf
+
+    path, _ = checkpoints["dense"]
+    plain = tmp_path / "plain"
+    shutil.copytree(path, plain)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (plain / name).unlink()
+    write_tiny_gguf(tmp_path / "v.gguf", "gemma3")
+    save_tiny_tokenizer(plain, read_gguf(tmp_path / "v.gguf").tokenizer_proto())
+    lm = gk.load(plain)
+    assert len(lm.generate("hello", max_new_tokens=3, stop=[])) > 0
+    with pytest.raises(GenerationArgumentError, match="<\\|turn>"):
+        lm.chat().send("hello")
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path, checkpoints):
+    path, _ = checkpoints["dense"]
+
+    def variant(name, edit):
+        out = tmp_path / name
+        shutil.copytree(path, out)
+        config = json.loads((out / "config.json").read_text())
+        edit(config, out)
+        (out / "config.json").write_text(json.dumps(config))
+        return out
+
+    def widen_one(config, out):
+        config["per_layer_config"] = {"2": {"head_dim": 16}, "5": {"head_dim": 32}}
+
+    def no_tokenizer(config, out):
+        (out / "tokenizer.json").unlink()
+
+    def wrong_width(config, out):
+        config["per_layer_config"] = {"2": {"head_dim": 32}, "5": {"head_dim": 32}}
+
+    def huge(config, out):
+        config["num_hidden_layers"] = 10**9
+
+    with pytest.raises(UnsupportedModelError, match="head_dim differently"):
+        gk.load(variant("widen", widen_one))
+    with pytest.raises(SourceError, match="no tokenizer"):
+        gk.load(variant("notok", no_tokenizer))
+    with pytest.raises(SourceError, match="parameters|shape"):
+        gk.load(variant("wrong", wrong_width))
+    with pytest.raises(SourceError, match="num_hidden_layers"):
+        gk.load(variant("huge", huge))
+
+
+def test_finetune_save_reload_and_export_refusal(tmp_path, checkpoints):
+    from gemma_keras.errors import ExportError
+    from gemma_keras.testing import made_up_fact_records
+
+    path, _ = checkpoints["kv_shared"]
+    lm = gk.load(path)
+    ids = lm.tokenizer.encode(PROMPTS[0])
+    before = lm.logits(ids)
+    result = lm.finetune(
+        made_up_fact_records()[:8],
+        lora_rank=4,
+        epochs=3,
+        batch_size=4,
+        sequence_length=48,
+        learning_rate=1e-2,
+        verbose=False,
+    )
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    after = lm.logits(ids)
+    assert np.abs(after - before).max() > 1e-3  # the adapters changed the model
+    lm.save(tmp_path / "preset")
+    again = gk.load(tmp_path / "preset")
+    assert again.info.architecture == "gemma4"
+    np.testing.assert_allclose(again.logits(ids), after, atol=1e-4)
+    for dest, fmt in ((tmp_path / "m.gguf", None), (tmp_path / "hf", "safetensors")):
+        with pytest.raises(ExportError, match="format='keras'"):
+            lm.export(dest, format=fmt)
+        assert not dest.exists()
