@@ -217,3 +217,30 @@ def test_finetune_save_reload_and_export_refusal(tmp_path, checkpoints):
         with pytest.raises(ExportError, match="format='keras'"):
             lm.export(dest, format=fmt)
         assert not dest.exists()
+
+
+@pytest.mark.real
+def test_tokenizer_json_of_the_real_vocabulary_matches_sentencepiece(tmp_path):
+    """The real Gemma 3 vocabulary, saved by transformers as tokenizer.json, converted back."""
+    import random
+
+    import sentencepiece
+    from tokenizers import Tokenizer
+
+    from gemma_keras.formats.gguf_reader import read_gguf
+    from gemma_keras.formats.hf_tokenizer import checkpoint_tokenizer
+    from gemma_keras.sources.embedded import embedded_gguf
+
+    proto = read_gguf(embedded_gguf()[0]).tokenizer_proto()
+    save_tiny_tokenizer(tmp_path, proto)
+    original = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    converted = sentencepiece.SentencePieceProcessor(model_proto=checkpoint_tokenizer(tmp_path))
+    reference = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    rng = random.Random(0)
+    alphabet = [*range(32, 127), *range(0x80, 0x300), *range(0x4E00, 0x4E50), 0x1F642, 10, 9, 32, 32]
+    texts = PROMPTS + ["  x\n\n\ty 12345 3.14", "naïve café", "Привет мир", "def f(x):\n    return x**2"]
+    texts += ["".join(chr(rng.choice(alphabet)) for _ in range(rng.randint(1, 60))) for _ in range(300)]
+    for text in texts:
+        want = original.encode(text)
+        assert converted.encode(text) == want, text
+        assert reference.encode(text, add_special_tokens=False).ids == want, text
