@@ -31,7 +31,8 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from gemma_keras.architectures.registry import keras_causal_lm_classes, of_backbone
+from gemma_keras.architectures.record import Architecture
+from gemma_keras.architectures.registry import ARCHITECTURES, keras_causal_lm_classes, of_backbone
 from gemma_keras.backend.devices import default_dtype, validate_dtype
 from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
@@ -169,20 +170,26 @@ def _load_cached(
     entry: Path, dtype: str, progress: Progress | None, source: str, manifest: dict | None = None
 ) -> Gemma:
     _report(progress, "loading the cached Keras preset", 0.5)
-    check_model_dir(entry)  # a few small JSON files: cheap even though the manifest vouches for them
-    lm = _from_preset(str(entry), dtype)
+    arch = check_model_dir(entry)  # a few small JSON files: cheap even though the manifest vouches for them
+    lm = _from_preset(str(entry), dtype, arch)
     _report(progress, "done", 1.0)
     return _wrap(lm, manifest or cache.read_manifest(entry, verify=False), source, dtype)
 
 
-def _from_preset(preset: str, dtype: str):
+def _from_preset(preset: str, dtype: str, arch: Architecture | None = None):
+    """KerasHub's model from a preset: the record's causal LM class when the architecture is known.
+
+    `keras_hub.models.CausalLM.from_preset` takes the first subclass whose backbone
+    matches, and Gemma 4's assistant (draft) model shares `Gemma4Backbone`.
+    """
     keras_hub = import_keras_hub()
+    task = arch.keras_class("causal_lm") if arch is not None else keras_hub.models.CausalLM
     try:
         # Keras' default safe mode refuses Lambda layers and other code in a
         # config. (Forcing SafeModeScope(True) is not possible: KerasHub then
         # refuses its own tokenizer asset.)
         with quiet_native_logs(), weights_follow():
-            return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
+            return task.from_preset(preset, dtype=dtype)
     except GemmaKerasError:
         raise
     except Exception as exc:
@@ -212,7 +219,7 @@ def _load_preset_dir(path: Path, dtype: str, progress: Progress | None) -> Gemma
         _report(progress, "done", 1.0)
         return _wrap(lm, manifest, str(path), dtype, tokenizer=tokenizer, instruction_tuned=tuned)
     _report(progress, "loading the Keras preset", 0.5)
-    lm = _from_preset(str(path), dtype)
+    lm = _from_preset(str(path), dtype, arch)
     return _wrap(lm, manifest, str(path), dtype, instruction_tuned=tuned)
 
 
@@ -241,11 +248,21 @@ def _load_preset_name(name: str, dtype: str, progress: Progress | None) -> Gemma
             "Pass a .gguf path, a Keras preset directory, an hf:// or kaggle:// "
             "handle, or one of gemma_keras.sources.known_preset_names()."
         )
-    return _load_from_hub(name, "kaggle", dtype, progress, instruction_tuned=_instruction_tuned([name]))
+    arch = next(
+        (a for a in ARCHITECTURES if name in (getattr(a.keras_class("causal_lm"), "presets", {}) or {})), None
+    )
+    return _load_from_hub(
+        name, "kaggle", dtype, progress, instruction_tuned=_instruction_tuned([name]), arch=arch
+    )
 
 
 def _load_from_hub(
-    handle: str, scheme: str, dtype: str, progress: Progress | None, instruction_tuned: bool | None = None
+    handle: str,
+    scheme: str,
+    dtype: str,
+    progress: Progress | None,
+    instruction_tuned: bool | None = None,
+    arch: Architecture | None = None,
 ) -> Gemma:
     reason = offline_reason(scheme)
     if reason is not None:
@@ -256,7 +273,7 @@ def _load_from_hub(
             "gemma_keras.load() for the embedded Gemma 3 270M."
         )
     _report(progress, f"downloading {handle}", 0.1)
-    lm = _from_preset(handle, dtype)
+    lm = _from_preset(handle, dtype, arch)
     if instruction_tuned is None:
         instruction_tuned = _instruction_tuned([handle], unmarked=None)
     return _wrap(lm, None, handle, dtype, instruction_tuned=instruction_tuned)
