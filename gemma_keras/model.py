@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -260,20 +261,50 @@ class Gemma:
         add_generation_prompt = _flag("add_generation_prompt", add_generation_prompt)
         return self.architecture.chat_format.encode(messages, self.tokenizer, add_generation_prompt)
 
-    def chat(self, system: str | None = None, **generate_kwargs: Any) -> Chat:
+    def chat(
+        self,
+        system: str | None = None,
+        *,
+        thinking: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        show_thinking: bool = False,
+        **generate_kwargs: Any,
+    ) -> Chat:
         """Starts a multi-turn conversation in the model's chat format.
 
         Warns (`NotInstructionTunedWarning`) when the model is known to be
         pretrained only: such a model continues or echoes the conversation
         rather than answering it.
 
+        Gemma 4 only: `thinking=True` asks the model to think before it
+        answers; the thought is kept apart (`chat.last_reply.thinking`) and
+        streamed only with `show_thinking=True`. `tools` (OpenAI-style
+        function specs) are declared in the system turn; calls the model
+        makes come back parsed in `chat.last_reply.tool_calls`, and
+        `chat.send_tool_results(...)` returns their results to it.
+
         Example:
 
         >>> chat = lm.chat(system="Answer briefly.")  # doctest: +SKIP
         >>> chat.send("Hi")  # doctest: +SKIP
         """
+        fmt = self.architecture.chat_format
+        thinking = _flag("thinking", thinking)
+        show_thinking = _flag("show_thinking", show_thinking)
+        if tools is not None and (
+            isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence)
+        ):
+            raise GenerationArgumentError("tools must be a list of tool specs.")
+        tools = list(tools or ())
+        fmt.render(
+            [{"role": "user", "content": "x"}], thinking=thinking, tools=tools
+        )  # refuses bad tools now
+        detokenize = self.tokenizer.decode
+        if fmt.reply is not None:  # the reply's markers stay in its text, for the chat to split it
+            keep = {self.tokenizer.token_to_id(m) for m in fmt.reply.markers} - {-1}
+            detokenize = functools.partial(self.tokenizer.decode, keep=keep)
         # The conversation's KV cache is kept between replies: each one prefills only the new turn.
-        kept = KeptCache(self.runner, self.tokenizer.pad_id, self.tokenizer.decode, self.info.context_length)
+        kept = KeptCache(self.runner, self.tokenizer.pad_id, detokenize, self.info.context_length)
 
         def stream(prompt_ids: list[int], **options: Any) -> Iterator[str]:
             request = self._one_request(prompt_ids, **options)
@@ -282,12 +313,17 @@ class Gemma:
                 kept.reset()
             return (event.text for event in kept.decode(request) if event.text)
 
+        def encode(messages: list[dict[str, Any]]) -> list[int]:
+            return fmt.encode(messages, self.tokenizer, True, thinking=thinking, tools=tools)
+
         chat = Chat(
             stream,
-            self.encode_messages,
+            encode,
             system=system,
             cache=kept,
             context_length=self.info.context_length,
+            syntax=fmt.reply,
+            show_thinking=show_thinking,
             **generate_kwargs,
         )
         if self.info.instruction_tuned is False:

@@ -28,9 +28,14 @@ GEMMA4_TOKENS = [
     "<turn|>",
     "<|channel>",
     "<channel|>",
+    "<|think|>",
+    "<|tool>",
+    "<tool|>",
     "<|tool_call>",
     "<tool_call|>",
     "<|tool_response>",
+    "<tool_response|>",
+    '<|"|>',
 ]
 PROMPTS = [
     "the capital of France is Paris and the model of the world",
@@ -136,6 +141,16 @@ def test_chat_uses_gemma4_turns(loaded):
     )
     reply = lm.chat(system="Be brief.").send("hello", max_new_tokens=4)
     assert isinstance(reply, str)
+    # Thinking and tools: every marker is one control token; the reply is split (random weights: any text).
+    tool = {"name": "lookup", "description": "Look up", "parameters": {"type": "object", "properties": {}}}
+    chat = lm.chat(thinking=True, tools=[tool], show_thinking=True)
+    ids = lm.architecture.chat_format.encode(
+        [{"role": "user", "content": "hello"}], lm.tokenizer, thinking=True, tools=[tool]
+    )
+    for marker in ("<|think|>", "<|tool>", "<tool|>", '<|"|>'):
+        assert lm.tokenizer.token_to_id(marker) in ids
+    assert isinstance(chat.send("hello", max_new_tokens=8), str)
+    assert chat.last_reply is not None
 
 
 def test_chat_refuses_a_vocabulary_without_turn_tokens(tmp_path, checkpoints):

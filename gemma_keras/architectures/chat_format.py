@@ -44,11 +44,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gemma_keras import checks
+from gemma_keras.architectures import gemma4_syntax
 from gemma_keras.errors import GenerationArgumentError
 
 Turn = dict[str, str]
@@ -71,6 +72,37 @@ class Piece:
     literal: bool
 
 
+Runs = list[tuple[str, bool]]  # (text, literal)
+
+
+@dataclass(frozen=True)
+class ReplySyntax:
+    """What a model turn may hold besides its answer, and how tools are written (Gemma 4).
+
+    Attributes:
+        think: the control token that, at the top of the system turn, turns thinking on.
+        thought: the markers around a thought block; `channel` follows the first.
+        tool_call: the markers around one tool call.
+        declare, write_call, write_response: a tool, a call, a result as runs of text.
+        parse_call: the text between the tool-call markers as a `ToolCall` (ValueError if not one).
+    """
+
+    think: str
+    thought: tuple[str, str]
+    channel: str
+    tool_call: tuple[str, str]
+    declare: Callable[[Mapping[str, Any]], Runs]
+    write_call: Callable[[Any], Runs]
+    write_response: Callable[[str, Any], Runs]
+    parse_call: Callable[[str], Any]
+    tool_tokens: tuple[str, ...] = ()
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """The control tokens a reply must keep in its text to be split."""
+        return (*self.thought, *self.tool_call)
+
+
 @dataclass(frozen=True)
 class TurnFormat:
     """A chat format of alternating user and model turns between two marker tokens."""
@@ -81,6 +113,7 @@ class TurnFormat:
     bos: str = "<bos>"
     system_turn: bool = False
     extra_stops: tuple[str, ...] = ()
+    reply: ReplySyntax | None = None
     roles: Mapping[str, str] = field(
         default_factory=lambda: {"user": "user", "model": "model", "assistant": "model", "system": "system"}
     )
@@ -122,7 +155,14 @@ class TurnFormat:
                     f"messages[{i}] is a {role!r} turn but a {expected!r} turn was expected: "
                     "user and model turns must alternate, starting with user."
                 )
-            turns.append({"role": role, "content": content})
+            turn = {"role": role, "content": content}
+            if message.get("tool_rounds"):
+                if self.reply is None or role != "model":
+                    raise GenerationArgumentError(
+                        f"messages[{i}] has tool_rounds, which only model turns of a format with tools carry."
+                    )
+                turn["tool_rounds"] = [dict(r) for r in message["tool_rounds"]]
+            turns.append(turn)
         if system is not None and self.system_turn:
             turns.insert(0, {"role": "system", "content": system})
         elif system is not None:
@@ -132,17 +172,43 @@ class TurnFormat:
                 turns[0]["content"] = f"{system}\n\n{turns[0]['content']}"
         return turns
 
-    def pieces(self, turns: Sequence[Turn]) -> list[Piece]:
+    def pieces(
+        self,
+        turns: Sequence[Turn],
+        thinking: bool = False,
+        tools: Sequence[Mapping[str, Any]] = (),
+        open_last: bool = False,
+    ) -> list[Piece]:
         """The rendered turns (no `<bos>`), run by run.
 
         A model turn's content and its end marker are both `reply`, so
-        training teaches the model to close its turn.
+        training teaches the model to close its turn. With a `reply` syntax,
+        the system turn may open with the thinking switch and end with tool
+        declarations, and a model turn writes its tool calls and their
+        results before its answer (`tool_rounds`: `[{"calls": [...],
+        "results": [(name, result), ...]}, ...]`). `open_last` leaves the last
+        turn open, for the model to go on after tool results.
         """
         out: list[Piece] = []
-        for turn in turns:
+        for n, turn in enumerate(turns):
             model = turn["role"] == "model"
             out.append(Piece(f"{self.start}{turn['role']}\n", reply=False, literal=False))
+            if turn["role"] == "system" and thinking:
+                out.append(Piece(self.reply.think + "\n", reply=False, literal=False))
+            for rnd in turn.get("tool_rounds", ()):  # each: the calls the model made, then their results
+                for call in rnd.get("calls", ()):
+                    out += [Piece(t, reply=True, literal=lit) for t, lit in self.reply.write_call(call)]
+                for name, result in rnd.get("results", ()):
+                    out += [
+                        Piece(t, reply=False, literal=lit)
+                        for t, lit in self.reply.write_response(name, result)
+                    ]
             out.append(Piece(turn["content"], reply=model, literal=True))
+            if turn["role"] == "system":
+                for tool in tools:
+                    out += [Piece(t, reply=False, literal=lit) for t, lit in self.reply.declare(tool)]
+            if open_last and n == len(turns) - 1:
+                break
             out.append(Piece(self.end, reply=model, literal=False))
             out.append(Piece("\n", reply=False, literal=False))
         return out
@@ -151,32 +217,63 @@ class TurnFormat:
         """The text that opens the model's turn."""
         return f"{self.start}model\n"
 
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        thinking: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> str:
         """Renders messages to prompt text, `<bos>` included.
 
         With `add_generation_prompt`, the text ends with an open model turn,
-        ready for generation; the last message must then be a user turn.
+        ready for generation; the last message must then be a user turn, or a
+        model turn with tool results, which is left open. `thinking` and
+        `tools` need a format with a `reply` syntax (Gemma 4).
         """
-        turns = self._turns(messages, add_generation_prompt)
-        text = self.bos + "".join(piece.text for piece in self.pieces(turns))
-        return text + self.generation_prompt() if add_generation_prompt else text
+        pieces, prompt = self._pieces(messages, add_generation_prompt, thinking, tools)
+        return self.bos + "".join(piece.text for piece in pieces) + prompt
 
     def encode(
-        self, messages: Sequence[Mapping[str, Any]], tokenizer, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tokenizer,
+        add_generation_prompt: bool = True,
+        thinking: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         """Token ids of the rendered messages, `<bos>` included: markers as control tokens, content as text."""
-        turns = self._turns(messages, add_generation_prompt)
-        self.check_vocabulary(tokenizer)
+        pieces, prompt = self._pieces(messages, add_generation_prompt, thinking, tools)
+        self.check_vocabulary(tokenizer, thinking, bool(tools))
         ids = [tokenizer.bos_id]
-        for piece in self.pieces(turns):
+        for piece in pieces:
             ids += tokenizer.encode(piece.text, add_bos=False, special=not piece.literal)
-        if add_generation_prompt:
-            ids += tokenizer.encode(self.generation_prompt(), add_bos=False, special=True)
-        return ids
+        return ids + (tokenizer.encode(prompt, add_bos=False, special=True) if prompt else [])
 
-    def check_vocabulary(self, tokenizer) -> None:
-        """Refuses a vocabulary without this format's markers, which would be encoded as plain text."""
-        missing = [m for m in (self.start, self.end) if tokenizer.token_to_id(m) < 0]
+    def _pieces(
+        self, messages, add_generation_prompt: bool, thinking: bool, tools
+    ) -> tuple[list[Piece], str]:
+        """The pieces of a conversation and the generation prompt that follows them."""
+        tools = list(tools or ())
+        if (thinking or tools) and self.reply is None:
+            raise GenerationArgumentError(
+                f"the {self.name} chat format has no thinking switch or tool syntax."
+            )
+        turns = self._turns(messages, add_generation_prompt)
+        if (thinking or tools) and (not turns or turns[0]["role"] != "system"):
+            turns.insert(0, {"role": "system", "content": ""})
+        open_last = add_generation_prompt and bool(turns) and turns[-1]["role"] == "model"
+        pieces = self.pieces(turns, thinking, tools, open_last)
+        return pieces, (self.generation_prompt() if add_generation_prompt and not open_last else "")
+
+    def check_vocabulary(self, tokenizer, thinking: bool = False, tools: bool = False) -> None:
+        """Refuses a vocabulary without the markers a prompt needs, which would be encoded as plain text."""
+        needed = [self.start, self.end]
+        if thinking:
+            needed.append(self.reply.think)
+        if tools:
+            needed += self.reply.tool_tokens
+        missing = [m for m in needed if tokenizer.token_to_id(m) < 0]
         if missing:
             raise GenerationArgumentError(
                 f"this model's vocabulary has no {' or '.join(missing)} token, which the {self.name} chat "
@@ -187,6 +284,8 @@ class TurnFormat:
         turns = self.normalize(messages)
         if add_generation_prompt and turns and turns[-1]["role"] == "system":
             raise GenerationArgumentError("a user message must follow the system message to ask for a reply.")
+        if add_generation_prompt and turns and turns[-1]["role"] == "model" and turns[-1].get("tool_rounds"):
+            return turns  # the model goes on in the same turn, after the tool results
         if add_generation_prompt and turns and turns[-1]["role"] != "user":
             raise GenerationArgumentError("the last message must be a user turn to ask for a reply.")
         return turns
@@ -194,7 +293,22 @@ class TurnFormat:
 
 GEMMA_TURNS = TurnFormat(name="gemma", start="<start_of_turn>", end="<end_of_turn>")
 GEMMA4_TURNS = TurnFormat(
-    name="gemma4", start="<|turn>", end="<turn|>", system_turn=True, extra_stops=("<|tool_response>",)
+    name="gemma4",
+    start="<|turn>",
+    end="<turn|>",
+    system_turn=True,
+    extra_stops=("<|tool_response>",),
+    reply=ReplySyntax(
+        think="<|think|>",
+        thought=("<|channel>", "<channel|>"),
+        channel="thought",
+        tool_call=("<|tool_call>", "<tool_call|>"),
+        declare=gemma4_syntax.declaration,
+        write_call=gemma4_syntax.call,
+        write_response=gemma4_syntax.response,
+        parse_call=gemma4_syntax.parse_call,
+        tool_tokens=gemma4_syntax.TOKENS,
+    ),
 )
 
 

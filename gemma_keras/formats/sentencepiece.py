@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -150,13 +150,15 @@ class GemmaTokenizer:
             ids += self._sp.encode(text[pos:])
         return ids
 
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        """Text for `ids`. Control tokens are dropped unless `skip_special` is False."""
+    def decode(self, ids: Sequence[int], skip_special: bool = True, keep: Collection[int] = ()) -> str:
+        """Text for `ids`. Control tokens are dropped unless `skip_special` is False or `keep` names them."""
         ids = [int(i) for i in ids if 0 <= int(i) < self.vocabulary_size]
-        if skip_special:
+        if skip_special and not keep:
             return self._sp.decode([i for i in ids if not self._is_control[i]])
         out, run = [], []
         for i in ids:
+            if self._is_control[i] and skip_special and i not in keep:
+                continue
             if self._is_control[i]:
                 out.append(self._sp.decode(run))
                 out.append(self._sp.id_to_piece(i))

@@ -19,10 +19,12 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from gemma_keras import checks
+from gemma_keras.architectures.chat_format import ReplySyntax
 from gemma_keras.errors import GenerationArgumentError, TurnsDroppedWarning
 
 # The generation arguments a chat accepts as defaults or per reply.
@@ -50,6 +52,108 @@ def check_options(options: dict[str, Any]) -> None:
         )
 
 
+@dataclass
+class Reply:
+    """One model turn, split: the answer, the thinking before it, and the tool calls it made.
+
+    `unparsed` holds tool-call blocks the model wrote that do not parse.
+    """
+
+    content: str = ""
+    thinking: str | None = None
+    tool_calls: list = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)
+
+
+class ReplySplitter:
+    """Splits a model turn streamed as text (its markers kept) into answer, thought and tool calls.
+
+    `feed` returns the `(kind, text)` runs ready to show, kind "content" or
+    "thinking"; text that may be the start of a marker is held back until the
+    next piece settles it. Tool calls are parsed when their block closes.
+    """
+
+    def __init__(self, syntax: ReplySyntax):
+        self.syntax = syntax
+        self.reply = Reply()
+        self._mode = "content"
+        self._buffer = ""
+        self._call: list[str] = []
+        self._thought: list[str] | None = None
+        self._fresh = False  # a thought block just opened: its channel name comes first
+
+    def _awaited(self) -> dict[str, str]:
+        """The markers that end the current mode, each with the mode it leads to."""
+        open_thought, close_thought = self.syntax.thought
+        open_call, close_call = self.syntax.tool_call
+        if self._mode == "content":
+            return {open_thought: "thinking", open_call: "call"}
+        return {close_thought: "content"} if self._mode == "thinking" else {close_call: "content"}
+
+    def _emit(self, text: str, out: list[tuple[str, str]]) -> None:
+        if not text:
+            return
+        if self._mode == "call":
+            self._call.append(text)
+            return
+        if self._mode == "thinking":
+            self._thought.append(text)
+        else:
+            self.reply.content += text
+        out.append((self._mode, text))
+
+    def _switch(self, mode: str) -> None:
+        if self._mode == "call":
+            body = "".join(self._call)
+            self._call = []
+            try:
+                self.reply.tool_calls.append(self.syntax.parse_call(body))
+            except ValueError:
+                self.reply.unparsed.append(body)
+        if mode == "thinking":
+            self._thought = self._thought if self._thought is not None else []
+            self._fresh = True
+        self._mode = mode
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        self._buffer += text
+        while True:
+            if self._mode == "thinking" and self._fresh:
+                name = self.syntax.channel
+                if len(self._buffer) <= len(name) and name.startswith(self._buffer):
+                    break  # the channel name may still be arriving
+                if self._buffer.startswith(name):
+                    self._buffer = self._buffer[len(name) :].removeprefix("\n")
+                self._fresh = False
+            awaited = self._awaited()
+            found = [(self._buffer.find(m), m) for m in awaited if m in self._buffer]
+            if found:
+                index, marker = min(found)
+                self._emit(self._buffer[:index], out)
+                self._buffer = self._buffer[index + len(marker) :]
+                self._switch(awaited[marker])
+                continue
+            hold = max(
+                (k for m in awaited for k in range(1, len(m)) if self._buffer.endswith(m[:k])), default=0
+            )
+            self._emit(self._buffer[: len(self._buffer) - hold], out)
+            self._buffer = self._buffer[len(self._buffer) - hold :]
+            return out
+        return out
+
+    def finish(self) -> list[tuple[str, str]]:
+        """Flushes what is held back; returns its runs. `reply` is complete afterwards."""
+        out: list[tuple[str, str]] = []
+        self._emit(self._buffer, out)
+        self._buffer = ""
+        if self._mode == "call":  # the turn ended inside a call block
+            self.reply.unparsed.append("".join(self._call))
+        if self._thought is not None:
+            self.reply.thinking = "".join(self._thought)
+        return out
+
+
 class Chat:
     """A multi-turn conversation.
 
@@ -66,10 +170,16 @@ class Chat:
             reports `reused_tokens`.
         context_length: the model's context; when the conversation plus
             `max_new_tokens` would pass it, the oldest turns are dropped.
+        syntax: the format's `ReplySyntax` when replies may hold thinking and
+            tool calls (Gemma 4); `stream` then yields text with those
+            markers kept, and the chat splits it.
+        show_thinking: also yield the thinking text from `stream` (it is
+            always kept in `last_reply.thinking`).
         **defaults: generation arguments for every reply.
 
     Attributes:
         dropped: the messages dropped so far to fit the context, oldest first.
+        last_reply: the last model turn as a `Reply` (answer, thinking, tool calls).
     """
 
     def __init__(
@@ -79,6 +189,8 @@ class Chat:
         system: str | None = None,
         cache: Any = None,
         context_length: int | None = None,
+        syntax: ReplySyntax | None = None,
+        show_thinking: bool = False,
         **defaults: Any,
     ):
         if system is not None:
@@ -92,6 +204,9 @@ class Chat:
         self.dropped: list[dict[str, str]] = []
         self._cache = cache
         self._context_length = context_length
+        self._syntax = syntax
+        self.show_thinking = bool(show_thinking)
+        self.last_reply: Reply | None = None
 
     @property
     def reused_tokens(self) -> int:
@@ -102,7 +217,7 @@ class Chat:
         """Forgets every turn (the system prompt stays)."""
         self.history = []
 
-    def messages(self) -> list[dict[str, str]]:
+    def messages(self) -> list[dict[str, Any]]:
         return self._head() + [dict(m) for m in self.history]
 
     def _head(self) -> list[dict[str, str]]:
@@ -136,27 +251,78 @@ class Chat:
         return ids
 
     def stream(self, text: str, **kwargs: Any) -> Iterator[str]:
-        """Streams the reply to `text`; the turn is recorded when it ends.
+        """Streams the answer to `text`; the turn is recorded when it ends.
 
         If the consumer stops early (for example on Ctrl-C), the part of the
         reply produced so far is recorded, so the history stays alternating.
+        Thinking is yielded only with `show_thinking`; tool calls never are
+        (see `last_reply`).
         """
         check_options(kwargs)
         options = {**self.defaults, **kwargs}
         prompt = self._prompt(text, options["max_new_tokens"])
-        pieces: list[str] = []
+        yield from self._reply(prompt, options, {"role": "user", "content": text})
+
+    def send_tool_results(self, results: Mapping[str, Any] | Sequence[tuple[str, Any]], **kwargs: Any) -> str:
+        """Gives the results of the last reply's tool calls back; returns the answer that follows.
+
+        `results` maps a tool name to its result (any JSON-like value), or is
+        a list of `(name, result)` pairs. The model goes on in the same turn;
+        `last_reply` then holds what it wrote after the results.
+        """
+        check_options(kwargs)
+        last = self.history[-1] if self.history else None
+        rounds = (last or {}).get("tool_rounds") or [{}]
+        if self._syntax is None or not rounds[-1].get("calls") or rounds[-1].get("results"):
+            raise GenerationArgumentError(
+                "the last reply made no tool calls, so there are no results to send."
+            )
+        pairs = list(results.items()) if isinstance(results, Mapping) else [tuple(r) for r in results]
+        if not pairs or not all(len(p) == 2 and isinstance(p[0], str) for p in pairs):
+            raise GenerationArgumentError(
+                "results must map tool names to results, or be (name, result) pairs."
+            )
+        turn = dict(self.history.pop(), tool_rounds=[*rounds[:-1], dict(rounds[-1], results=pairs)])
+        prompt = self._encode(self.messages() + [turn])
+        return "".join(self._reply(prompt, {**self.defaults, **kwargs}, None, continued=turn))
+
+    def _reply(self, prompt: list[int], options: dict, user: dict | None, continued: dict | None = None):
+        """Streams one model turn and records it (after `user`, or as the rest of `continued`)."""
+        splitter = ReplySplitter(self._syntax) if self._syntax is not None else None
+        answer: list[str] = []
         # An argument or context error raises before any piece: record nothing.
-        record = False
+        record = finished = False
         try:
             for piece in self._stream(prompt, **options):
                 record = True
-                pieces.append(piece)
-                yield piece
-            record = True
+                yield from self._show(splitter.feed(piece) if splitter else [("content", piece)], answer)
+            record = finished = True
+            if splitter is not None:
+                yield from self._show(splitter.finish(), answer)
         finally:
+            if splitter is not None and not finished:
+                splitter.finish()
             if record:
-                self.history.append({"role": "user", "content": text})
-                self.history.append({"role": "model", "content": "".join(pieces)})
+                self._record(splitter.reply if splitter else Reply(content="".join(answer)), user, continued)
+            elif continued is not None:
+                self.history.append(continued)
+
+    def _show(self, runs: list[tuple[str, str]], answer: list[str]) -> Iterator[str]:
+        for kind, run in runs:
+            if kind == "content":
+                answer.append(run)
+            if kind == "content" or self.show_thinking:
+                yield run
+
+    def _record(self, reply: Reply, user: dict | None, continued: dict | None) -> None:
+        self.last_reply = reply
+        turn = dict(continued or {"role": "model", "content": ""})
+        turn["content"] += reply.content
+        if reply.tool_calls:
+            turn["tool_rounds"] = [*turn.get("tool_rounds", ()), {"calls": list(reply.tool_calls)}]
+        if user is not None:
+            self.history.append(user)
+        self.history.append(turn)
 
     def send(self, text: str, **kwargs: Any) -> str:
         """Returns the model's reply to `text` and records both turns."""
