@@ -259,3 +259,18 @@ def test_tokenizer_json_of_the_real_vocabulary_matches_sentencepiece(tmp_path):
         want = original.encode(text)
         assert converted.encode(text) == want, text
         assert reference.encode(text, add_special_tokens=False).ids == want, text
+
+
+def test_cli_chat_thinks_on_gemma4_and_refuses_thinking_elsewhere(checkpoints, tiny_gguf, capsys):
+    import io
+
+    from gemma_keras.cli import commands as cli
+
+    path, _ = checkpoints["dense"]
+    args = cli.build_parser().parse_args(["chat", "--model", str(path), "--max-new-tokens", "4", "--thinking"])
+    stdout = io.StringIO()
+    assert cli._cmd_chat(args, stdin=io.StringIO("hello\n/exit\n"), stdout=stdout) == 0
+    assert "gemma> " in stdout.getvalue() and "(error" not in stdout.getvalue()
+    gguf, _ = tiny_gguf("gemma3")
+    assert cli.main(["chat", "--model", str(gguf), "--thinking"]) == 2
+    assert "no thinking switch" in capsys.readouterr().err

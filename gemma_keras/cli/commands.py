@@ -201,7 +201,16 @@ def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     lm = _load(args, args.model, args.dtype)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", gk.NotInstructionTunedWarning)
-        chat = lm.chat(system=args.system, max_new_tokens=args.max_new_tokens, **_sampling_kwargs(sampling))
+        chat = lm.chat(
+            system=args.system,
+            max_new_tokens=args.max_new_tokens,
+            **(
+                {"thinking": True, "show_thinking": args.show_thinking}
+                if args.thinking or args.show_thinking
+                else {}
+            ),
+            **_sampling_kwargs(sampling),
+        )
     for warning in caught:
         print(f"gemma-keras: note: {warning.message}", file=sys.stderr)
     interactive = stdin is not None and stdin.isatty()
@@ -392,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="an interactive multi-turn chat that streams replies")
     _add_model_flags(chat, max_new_tokens=256)
     chat.add_argument("--system", default=None, help="a system prompt, folded into the first user turn")
+    chat.add_argument(
+        "--thinking",
+        action="store_true",
+        help="Gemma 4: let the model think before it answers (thought hidden)",
+    )
+    chat.add_argument("--show-thinking", action="store_true", help="with --thinking: print the thought too")
     chat.set_defaults(func=_cmd_chat)
 
     tune = sub.add_parser("finetune", help="LoRA fine-tuning on a JSONL file; writes adapters to --out")
