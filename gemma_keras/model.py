@@ -41,6 +41,7 @@ from gemma_keras.generation.chat import Chat
 from gemma_keras.generation.decode import KeptCache, Request, decode, next_token_logits
 from gemma_keras.generation.runner import Runner, make_runner
 from gemma_keras.generation.sampling import SamplingParams
+from gemma_keras.generation.speculative import DEFAULT_LOOKAHEAD, DraftStats, check_draft, speculative_decode
 from gemma_keras.generation.streaming import check_stop_strings
 from gemma_keras.generation.structured import json_constraint
 from gemma_keras.training import lora
@@ -110,6 +111,7 @@ class Gemma:
         self.architecture = by_name(info.architecture)
         self.default_stop_ids = self.architecture.stop_token_ids(tokenizer)
         self.runner: Runner = make_runner(causal_lm, self.architecture)
+        self.last_draft_stats: DraftStats | None = None  # set by generate/stream with a draft
 
     @property
     def backbone(self):
@@ -144,6 +146,8 @@ class Gemma:
         include_prompt: bool = False,
         add_bos: bool = True,
         json_schema: Mapping[str, Any] | bool | str | None = None,
+        draft: Gemma | None = None,
+        lookahead: int = DEFAULT_LOOKAHEAD,
     ) -> str | list[str]:
         """Generates a continuation of one prompt or a list of prompts.
 
@@ -168,6 +172,13 @@ class Gemma:
         Needs llguidance (`pip install 'gemma-keras[structured]'`); see
         docs/generation.md for the schema features it supports.
 
+        `draft`, a smaller model with the same tokenizer (such as a Gemma 4
+        assistant model, or Gemma 3 270M for a larger Gemma 3), decodes
+        speculatively: it proposes `lookahead` tokens a round and this model
+        checks them in one pass. Greedy only; the output is this model's own
+        greedy output, token for token. `lm.last_draft_stats` tells how many
+        proposals were accepted. Prompts of a list run one after another.
+
         Returns:
             A string for one prompt, a list of strings for a list of prompts.
 
@@ -180,7 +191,11 @@ class Gemma:
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, seed)
         requests = self._requests(prompts, max_new_tokens, params, stop_token_ids, stop, add_bos, json_schema)
         texts = [""] * len(prompts)
-        for event in self._decode(requests):
+        if draft is not None:
+            events = (e for r in requests for e in self._speculative(r, draft, lookahead))
+        else:
+            events = self._decode(requests)
+        for event in events:
             texts[event.row] += event.text
         if include_prompt:
             texts = [self._prompt_text(p) + t for p, t in zip(prompts, texts, strict=True)]
@@ -201,13 +216,16 @@ class Gemma:
         stop: str | Sequence[str] | None = None,
         add_bos: bool = True,
         json_schema: Mapping[str, Any] | bool | str | None = None,
+        draft: Gemma | None = None,
+        lookahead: int = DEFAULT_LOOKAHEAD,
     ) -> Iterator[str]:
         """Yields the continuation of one prompt (text or token ids) in pieces as tokens are decoded.
 
         The pieces join to exactly what `generate` returns for the same
         arguments. A multi-byte character split over several tokens comes
         out whole. Closing the iterator early stops decoding. `json_schema`
-        constrains the output as in `generate`.
+        constrains the output as in `generate`; `draft` decodes
+        speculatively, as in `generate`.
 
         Example:
 
@@ -228,7 +246,8 @@ class Gemma:
             add_bos=add_bos,
             json_schema=json_schema,
         )
-        return (event.text for event in self._decode([request]) if event.text)
+        events = self._decode([request]) if draft is None else self._speculative(request, draft, lookahead)
+        return (event.text for event in events if event.text)
 
     def _one_request(self, prompt: Prompt, max_new_tokens: int = 64, **options: Any) -> Request:
         """The checked request for one prompt, from `stream`'s arguments."""
@@ -329,6 +348,30 @@ class Gemma:
         if self.info.instruction_tuned is False:
             warnings.warn(NotInstructionTunedWarning(not_instruction_tuned_message(self.info)), stacklevel=2)
         return chat
+
+    def _speculative(self, request: Request, draft: Gemma, lookahead: int):
+        """One request's events, decoded with `draft` proposing tokens (see `generation.speculative`)."""
+        if not isinstance(draft, Gemma):
+            raise GenerationArgumentError(
+                f"draft must be a loaded model (gk.load(...)), got {type(draft).__name__}."
+            )
+        if draft.tokenizer.proto != self.tokenizer.proto:
+            raise GenerationArgumentError(
+                f"the draft {draft.info.source} has another tokenizer than {self.info.source}; a draft "
+                "must share the model's vocabulary."
+            )
+        check_draft(request, self.runner, draft.runner, lookahead)
+        self.last_draft_stats = DraftStats()
+        return speculative_decode(
+            self.runner,
+            draft.runner,
+            request,
+            lookahead=lookahead,
+            pad_id=self.tokenizer.pad_id,
+            detokenize=self.tokenizer.decode,
+            context_length=min(self.info.context_length, draft.info.context_length),
+            stats=self.last_draft_stats,
+        )
 
     def _decode(self, requests: list[Request]):
         return decode(

@@ -274,3 +274,11 @@ def test_cli_chat_thinks_on_gemma4_and_refuses_thinking_elsewhere(checkpoints, t
     gguf, _ = tiny_gguf("gemma3")
     assert cli.main(["chat", "--model", str(gguf), "--thinking"]) == 2
     assert "no thinking switch" in capsys.readouterr().err
+
+
+def test_a_gemma4_model_drafts_for_another(loaded):
+    """Speculative decoding across Gemma 4 variants sharing a vocabulary: the target's greedy tokens."""
+    target, draft = loaded["kv_shared"], loaded["moe"]
+    want = target.generate(PROMPTS[0], max_new_tokens=16, stop_token_ids=())
+    assert target.generate(PROMPTS[0], max_new_tokens=16, stop_token_ids=(), draft=draft) == want
+    assert target.last_draft_stats.proposed > 0

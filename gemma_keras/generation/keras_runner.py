@@ -69,12 +69,23 @@ class KerasRunner:
                     self._owners.append(layer)
 
     # --- the model math, written once for every backend -------------------
-    def _forward(self, token_ids, padding_mask, cache, index):
+    def _forward(self, token_ids, padding_mask, cache, index, every_position=False):
+        """Logits after the last token `(rows, vocab)`, or after each one `(rows, t, vocab)`."""
         from keras import ops
 
         self.trace_count += 1  # runs once per trace when compiled
         if self.arch.cache_layout == "per_layer":
-            return self._forward_per_layer(token_ids, padding_mask, cache, index)
+            x, cache = self._hidden_per_layer(token_ids, padding_mask, cache, index)
+        else:
+            x, cache = self._hidden(token_ids, padding_mask, cache, index)
+        x = self.backbone.layer_norm(x if every_position else x[:, -1:, :])
+        logits = self.backbone.token_embedding(x, reverse=True)
+        return ops.cast(logits if every_position else logits[:, 0, :], "float32"), cache
+
+    def _hidden(self, token_ids, padding_mask, cache, index):
+        """Gemma 1-3: the last decoder block's output for every fed token, and the cache."""
+        from keras import ops
+
         backbone = self.backbone
         x = backbone.token_embedding(token_ids)
         x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
@@ -87,11 +98,9 @@ class KerasRunner:
                 cache_update_index=index,
             )
             new_cache.append(layer_cache)
-        x = backbone.layer_norm(x[:, -1:, :])
-        logits = backbone.token_embedding(x, reverse=True)[:, 0, :]
-        return ops.cast(logits, "float32"), new_cache
+        return x, new_cache
 
-    def _forward_per_layer(self, token_ids, padding_mask, cache, index):
+    def _hidden_per_layer(self, token_ids, padding_mask, cache, index):
         """Gemma 4's forward pass, as `Gemma4CausalLM.call_with_cache` computes it (text only)."""
         from keras import ops
 
@@ -123,9 +132,7 @@ class KerasRunner:
             )
             if shared is None:
                 cache[slot] = written
-        x = backbone.layer_norm(x[:, -1:, :])
-        logits = backbone.token_embedding(x, reverse=True)[:, 0, :]
-        return ops.cast(logits, "float32"), cache
+        return x, cache
 
     def _greedy_chunk(self, token_ids, padding_mask, cache, index):
         """Feeds `token_ids`, then `CHUNK - 1` greedy picks; returns the `CHUNK` picks.
@@ -240,7 +247,11 @@ class KerasRunner:
 
         fn = self._compiled.get(name)
         if fn is None:
-            body = self._forward if name == "forward" else self._greedy_chunk
+            body = {
+                "forward": self._forward,
+                "forward_all": lambda *args: self._forward(*args, every_position=True),
+                "greedy_chunk": self._greedy_chunk,
+            }[name]
             fn = self._compiled[name] = compile_model_function(body, self.causal_lm.variables)
         tokens = self._place(ops.convert_to_tensor(np.asarray(token_ids, np.int32), "int32"))
         out, cache = fn(tokens, mask, cache, ops.convert_to_tensor(index, "int32"))
@@ -249,6 +260,10 @@ class KerasRunner:
     def forward(self, token_ids, mask, cache, index: int):
         """One forward pass: returns `(last-position logits as numpy, cache)`."""
         return self._call("forward", token_ids, mask, cache, index)
+
+    def forward_all(self, token_ids, mask, cache, index: int):
+        """One forward pass: returns `(logits after every fed token (rows, t, vocab), cache)`."""
+        return self._call("forward_all", token_ids, mask, cache, index)
 
     def greedy_chunk(self, token_ids, mask, cache, index: int):
         """`CHUNK` greedy steps in one call: returns `(picks (rows, CHUNK), cache)`."""

@@ -57,6 +57,9 @@ class Runner(Protocol):
     def forward(self, token_ids: np.ndarray, mask: Any, cache: Any, index: int) -> tuple[np.ndarray, Any]:
         """Feeds `(rows, t)` tokens at `index`; returns float32 logits after the last one, and the cache."""
 
+    def forward_all(self, token_ids: np.ndarray, mask: Any, cache: Any, index: int) -> tuple[np.ndarray, Any]:
+        """As `forward`, but returns the logits after every fed token: `(rows, t, vocab)`."""
+
     def greedy_chunk(
         self, token_ids: np.ndarray, mask: Any, cache: Any, index: int
     ) -> tuple[np.ndarray, Any]:

@@ -148,8 +148,8 @@ class TorchRunner:
 
             return [(longer(k), longer(v)) for k, v in cache]
 
-    def forward(self, token_ids, mask, cache, index: int):
-        """Numpy tokens in, float32 numpy logits (after the last token) out."""
+    def forward(self, token_ids, mask, cache, index: int, every_position: bool = False):
+        """Numpy tokens in, float32 numpy logits (after the last token, or after each) out."""
         torch = self.torch
         with torch.inference_mode():
             logits, cache = self._forward(
@@ -157,8 +157,13 @@ class TorchRunner:
                 mask,
                 cache,
                 int(index),
+                every_position,
             )
         return logits.float().cpu().numpy(), cache
+
+    def forward_all(self, token_ids, mask, cache, index: int):
+        """Logits after every fed token, `(rows, t, vocab)`."""
+        return self.forward(token_ids, mask, cache, index, every_position=True)
 
     def greedy_chunk(self, token_ids, mask, cache, index: int):
         raise NotImplementedError("TorchRunner offers no greedy chunks (chunk = 0).")
@@ -180,7 +185,7 @@ class TorchRunner:
         out = torch.bmm(x.unsqueeze(0).expand(blocks, -1, -1), table.transpose(1, 2))
         return out.permute(1, 0, 2).reshape(x.shape[0], vocab)
 
-    def _forward(self, token_ids, padding_mask, cache, index: int):
+    def _forward(self, token_ids, padding_mask, cache, index: int, every_position: bool = False):
         torch = self.torch
         backbone = self.backbone
         embeddings = backbone.token_embedding.embeddings.value
@@ -231,8 +236,8 @@ class TorchRunner:
             if spec.post_norms:
                 ff = self._rms(ff, blk.post_ffw_norm)
             x = x + ff
-        x = self._rms(x[:, -1:, :], backbone.layer_norm)
-        logits = self._logits(x[:, 0, :], embeddings).float()
+        x = self._rms(x if every_position else x[:, -1:, :], backbone.layer_norm)
+        logits = self._logits(x.reshape(-1, x.shape[-1]), embeddings).float()
         if self.final_cap is not None:
             logits = torch.tanh(logits / self.final_cap) * self.final_cap
-        return logits, cache
+        return (logits.reshape(b, t, -1) if every_position else logits), cache
