@@ -21,7 +21,7 @@ from tests.conftest import generate_ids
 from tests.hf_reference import GEMMA4_VARIANTS, save_tiny_tokenizer, write_tiny_gemma4
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+AutoModelForCausalLM = pytest.importorskip("transformers").AutoModelForCausalLM
 
 GEMMA4_TOKENS = [
     "<|turn>",
@@ -228,10 +228,26 @@ def test_finetune_save_reload_and_export_refusal(tmp_path, checkpoints):
     again = gk.load(tmp_path / "preset")
     assert again.info.architecture == "gemma4"
     np.testing.assert_allclose(again.logits(ids), after, atol=1e-4)
-    for dest, fmt in ((tmp_path / "m.gguf", None), (tmp_path / "hf", "safetensors")):
-        with pytest.raises(ExportError, match="format='keras'"):
-            lm.export(dest, format=fmt)
-        assert not dest.exists()
+    # The fine-tuned weights (LoRA merged) in transformers' layout: transformers computes the same logits.
+    lm.export(tmp_path / "hf", format="safetensors")
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(hf(torch.tensor([ids])).logits[0, -1].numpy(), after, atol=1e-4)
+    with pytest.raises(ExportError, match="format='keras'"):
+        lm.export(tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("variant", list(GEMMA4_VARIANTS))
+def test_safetensors_export_reloads_in_transformers_and_here(variant, tmp_path, checkpoints, loaded):
+    lm = loaded[variant]
+    lm.export(tmp_path / "hf", format="safetensors")
+    ids = lm.tokenizer.encode(PROMPTS[1])
+    want = lm.logits(ids)
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(hf(torch.tensor([ids])).logits[0, -1].numpy(), want, atol=1e-4)
+    np.testing.assert_allclose(gk.load(tmp_path / "hf").logits(ids), want, atol=1e-5)
 
 
 @pytest.mark.real
@@ -267,7 +283,9 @@ def test_cli_chat_thinks_on_gemma4_and_refuses_thinking_elsewhere(checkpoints, t
     from gemma_keras.cli import commands as cli
 
     path, _ = checkpoints["dense"]
-    args = cli.build_parser().parse_args(["chat", "--model", str(path), "--max-new-tokens", "4", "--thinking"])
+    args = cli.build_parser().parse_args(
+        ["chat", "--model", str(path), "--max-new-tokens", "4", "--thinking"]
+    )
     stdout = io.StringIO()
     assert cli._cmd_chat(args, stdin=io.StringIO("hello\n/exit\n"), stdout=stdout) == 0
     assert "gemma> " in stdout.getvalue() and "(error" not in stdout.getvalue()

@@ -182,10 +182,43 @@ def _no_gguf(key: GGUFKey, num_layers: int) -> dict[str, Any]:
     )
 
 
-def _no_hf_export(config: dict[str, Any]) -> dict[str, Any]:
-    raise UnsupportedModelError(
-        "gemma_keras cannot export Gemma 4 yet; save it as a Keras preset with lm.save()."
-    )
+def hf_config(config: dict[str, Any]) -> dict[str, Any]:
+    """transformers' Gemma 4 entries of `config.json` for a backbone config (`hf_backbone_config`'s inverse)."""
+    layer_types = list(config["layer_types"])
+    overrides: dict[str, Any] = {}
+    if config.get("global_head_dim"):
+        overrides["head_dim"] = config["global_head_dim"]
+    if config.get("num_global_key_value_heads"):
+        overrides["num_key_value_heads"] = config["num_global_key_value_heads"]
+    full = {
+        "rope_type": "proportional",
+        "rope_theta": config.get("global_rope_wavelength") or GEMMA4.rope_base,
+    }
+    full["partial_rotary_factor"] = config.get("global_rope_partial_rotary_factor") or 1.0
+    if (config.get("global_rope_scaling_factor") or 1.0) != 1.0:
+        raise UnsupportedModelError("gemma_keras cannot write a Gemma 4 config with scaled global RoPE yet.")
+    sliding = {"rope_type": "default", "rope_theta": config.get("local_rope_wavelength") or 10_000.0}
+    moe = bool(config.get("enable_moe_block"))
+    return {
+        "layer_types": layer_types,
+        # transformers 5 writes the global layers' overrides this way; keys are layer indices.
+        "per_layer_config": {
+            str(i): dict(overrides) for i, t in enumerate(layer_types) if t == _FULL and overrides
+        },
+        "sliding_window": config["sliding_window_size"] if config.get("use_sliding_window_attention") else 0,
+        "final_logit_softcapping": config.get("final_logit_soft_cap"),
+        "rope_parameters": {_FULL: full, _SLIDING: sliding},
+        "hidden_size_per_layer_input": config.get("hidden_size_per_layer_input") or 0,
+        "vocab_size_per_layer_input": config.get("vocab_size_per_layer_input") or config["vocabulary_size"],
+        "num_kv_shared_layers": config.get("num_kv_shared_layers") or 0,
+        "attention_k_eq_v": bool(config.get("num_global_key_value_heads")),
+        "use_double_wide_mlp": bool(config.get("use_double_wide_mlp")),
+        "enable_moe_block": moe,
+        "num_experts": config.get("num_experts") if moe else None,
+        "top_k_experts": config.get("num_experts_per_token") if moe else None,
+        "moe_intermediate_size": config.get("expert_intermediate_dim") if moe else None,
+        "use_bidirectional_attention": None,
+    }
 
 
 GEMMA4 = Architecture(
@@ -208,7 +241,7 @@ GEMMA4 = Architecture(
     plain_torch=False,
     context_length=lambda config: 131072 if config["num_layers"] <= 42 else 262144,
     gguf_config=_no_gguf,
-    hf_config=_no_hf_export,
+    hf_config=hf_config,
     matches=lambda cls, config: (
         cls == "Gemma4Backbone" or (cls is None and "global_rope_partial_rotary_factor" in config)
     ),
@@ -219,5 +252,5 @@ GEMMA4 = Architecture(
     },
     hf_backbone_config=hf_backbone_config,
     parameter_count=parameter_count,
-    export_formats=frozenset({"keras"}),
+    export_formats=frozenset({"keras", "safetensors"}),
 )

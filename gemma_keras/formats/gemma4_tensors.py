@@ -13,10 +13,12 @@ will use this table; they are the names its `convert_hf_to_gguf.py` writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from gemma_keras import interrupts
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,23 @@ def to_keras(array: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarr
     return array
 
 
+def from_keras(array: np.ndarray, layout: str) -> np.ndarray:
+    """The inverse of `to_keras` (the expert halves are joined by `read_gemma4`)."""
+    if layout == "heads_in":  # (heads, hidden, dim) -> (heads * dim, hidden)
+        heads, hidden, dim = array.shape
+        return array.transpose(0, 2, 1).reshape(heads * dim, hidden)
+    if layout == "heads_out":  # (heads, dim, hidden) -> (hidden, heads * dim)
+        heads, dim, hidden = array.shape
+        return array.transpose(2, 0, 1).reshape(hidden, heads * dim)
+    if layout == "dense":
+        return array.T
+    if layout == "scalar":
+        return array.reshape(1)
+    if layout in ("experts", "experts_first_half", "experts_second_half"):
+        return array.transpose(0, 2, 1)
+    return array
+
+
 def _attribute(obj, path: str):
     """The variable at `path` under `obj`, or None where the layer does not have it."""
     for part in path.split("."):
@@ -146,3 +165,34 @@ def fill_gemma4(
         raise RuntimeError(
             f"gemma_keras bug: the Gemma 4 tensor table does not name the weights {unfilled[:5]}."
         )
+
+
+def read_gemma4(backbone) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields `(transformers name without "model.", float32 array)` for every text weight.
+
+    Reads `kernel` attributes, which hold LoRA's update merged in, so an
+    export carries the fine-tuned weights.
+    """
+    from keras import ops
+
+    def numpy(value) -> np.ndarray:
+        return np.asarray(ops.convert_to_numpy(ops.cast(value, "float32")), dtype=np.float32)
+
+    for entry in TOP:
+        variable = _attribute(backbone, entry.keras)
+        if variable is not None:
+            yield entry.hf, from_keras(numpy(variable), entry.layout)
+    for i, block in enumerate(backbone.transformer_layers):
+        interrupts.check()  # a pending SIGINT/SIGTERM stops an export between layers
+        halves: dict[str, list[np.ndarray]] = {}
+        for entry in BLOCK:
+            variable = _attribute(block, entry.keras)
+            if variable is None:
+                continue
+            value = from_keras(numpy(variable), entry.layout)
+            if entry.layout.startswith("experts_") and entry.layout.endswith("_half"):
+                halves.setdefault(entry.hf, []).append(value)  # first half, then second: the table's order
+                if len(halves[entry.hf]) == 2:
+                    yield f"layers.{i}.{entry.hf}", np.concatenate(halves.pop(entry.hf), axis=1)
+            else:
+                yield f"layers.{i}.{entry.hf}", value

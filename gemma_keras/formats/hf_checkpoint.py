@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from gemma_keras.formats.gemma4_tensors import read_gemma4
 from gemma_keras.formats.manifest import SAFETENSORS, export_kind, manifest_info, write_manifest
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.staging import Kind
@@ -109,10 +110,11 @@ def tokenizer_files(tokenizer, info: ModelInfo) -> dict[str, Any]:
 def hf_state_dict(backbone, info: ModelInfo, dtype: str = "f32") -> dict[str, np.ndarray]:
     """Every weight under transformers' name (LoRA merged), in `dtype`."""
     arch = info.arch
-    return {
-        hf_name(name, arch): np.ascontiguousarray(array.astype(_NUMPY[dtype]))
-        for name, array in read_backbone(backbone)
-    }
+    if arch.hf_backbone_config is not None:  # converted by gemma_keras itself: its own table (Gemma 4)
+        named = ((f"model.{name}", array) for name, array in read_gemma4(backbone))
+    else:
+        named = ((hf_name(name, arch), array) for name, array in read_backbone(backbone))
+    return {name: np.ascontiguousarray(array.astype(_NUMPY[dtype])) for name, array in named}
 
 
 def write_hf_checkpoint(causal_lm, tokenizer, info: ModelInfo, out_dir: Path, dtype: str = "f32") -> None:
