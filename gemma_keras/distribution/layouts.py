@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Sequence
 
@@ -47,6 +48,13 @@ RULES: tuple[tuple[str, tuple[Axes, ...]], ...] = (
     # (hidden, ffn) and (ffn, hidden): split along the feed-forward width.
     (_BLOCK + r"ffw_gating(?:_2)?/kernel", ((None, MODEL),)),
     (_BLOCK + r"ffw_linear/kernel", ((MODEL, None),)),
+    # Gemma 4's per-layer inputs: (vocabulary, layers * width), then (hidden, layers * width).
+    (_PREFIX + r"per_layer_token_embedding/embeddings", ((MODEL, None), (None, MODEL))),
+    (_PREFIX + r"per_layer_model_projection/kernel", ((None, MODEL),)),
+    # Gemma 4's experts: (experts, hidden, width) and (experts, width, hidden). Whole experts
+    # per device when the axis divides their count, else each expert split along its width.
+    (_BLOCK + r"moe_expert_bank/(?:gate|up)_proj", ((MODEL, None, None), (None, None, MODEL))),
+    (_BLOCK + r"moe_expert_bank/down_proj", ((MODEL, None, None), (None, MODEL, None))),
 )
 _COMPILED = tuple((re.compile(pattern), candidates) for pattern, candidates in RULES)
 
@@ -97,6 +105,11 @@ def variable_shapes(model_or_config) -> dict[str, tuple[int, ...]]:
 
 
 def _shapes_from_config(config: dict) -> dict[str, tuple[int, ...]]:
+    if of_config(config).hf_backbone_config is not None:
+        raise DistributionError(
+            "Gemma 4's layers differ in size, so one config block does not describe them: pass the "
+            "loaded model or its backbone to layout_map (gk.distribute needs neither)."
+        )
     needed = ("vocabulary_size", "num_query_heads", "num_key_value_heads", "hidden_dim", "head_dim")
     missing = [k for k in (*needed, "intermediate_dim") if k not in config]
     if missing:
@@ -144,10 +157,14 @@ def layout_map(model_or_config, mesh):
     shapes = variable_shapes(model_or_config)
     result = keras.distribution.LayoutMap(mesh)
     for pattern, _ in RULES:
-        matched = {axes_for(p, s, size) for p, s in shapes.items() if re.fullmatch(pattern, p)}
-        if len(matched) > 1:
-            # Not so for any Gemma: every block has the same sizes.
-            raise DistributionError(f"Variables matching {pattern!r} need different layouts: {matched}.")
-        if matched:
-            result[pattern] = matched.pop()
+        axes = {p: axes_for(p, s, size) for p, s in shapes.items() if re.fullmatch(pattern, p)}
+        if not axes:
+            continue
+        # The layout most variables take goes under the pattern. Gemma 4's layers differ in size, so
+        # a variable that needs another gets its own key: LayoutMap tries exact paths first.
+        common = collections.Counter(axes.values()).most_common(1)[0][0]
+        result[pattern] = common
+        for path, own in axes.items():
+            if own != common:
+                result[path] = own
     return result

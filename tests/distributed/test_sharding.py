@@ -88,3 +88,68 @@ def test_distribute_after_load_leaves_that_model_on_one_device(tiny_gguf):
     assert len(lm.backbone.weights[0].value.sharding.device_set) == 1
     assert isinstance(before, str)
     np.testing.assert_equal(gk.distribution.current().device_mesh.shape, (2, 4))
+
+
+def test_gemma4_layers_of_every_shape_are_sharded_and_generate_as_unsharded(tiny_gguf):
+    """Gemma 4's wider global heads, fewer global KV heads, KV-shared layers, per-layer inputs and experts."""
+    import keras_hub
+
+    from gemma_keras.formats.gguf_reader import read_gguf
+    from gemma_keras.formats.model_info import ModelInfo
+    from gemma_keras.formats.sentencepiece import GemmaTokenizer
+
+    path, _ = tiny_gguf("gemma3")
+    tokenizer = GemmaTokenizer(read_gguf(path).tokenizer_proto())
+    config = dict(
+        vocabulary_size=tokenizer.vocabulary_size,
+        image_size=None,
+        num_layers=6,
+        num_query_heads=4,
+        num_key_value_heads=4,
+        hidden_dim=32,
+        intermediate_dim=64,
+        head_dim=8,
+        global_head_dim=16,
+        num_global_key_value_heads=1,
+        sliding_window_size=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        num_kv_shared_layers=2,
+        hidden_size_per_layer_input=4,
+        enable_moe_block=True,
+        num_experts=4,
+        expert_intermediate_dim=6,  # the axis (4) does not divide it: experts are split whole
+        num_experts_per_token=2,
+        global_rope_partial_rotary_factor=0.25,
+        dtype="float32",
+    )
+
+    def build():
+        backbone = keras_hub.models.Gemma4Backbone(**config)
+        causal_lm = keras_hub.models.Gemma4CausalLM(backbone=backbone, preprocessor=None)
+        info = ModelInfo(
+            architecture="gemma4", source="random", context_length=512, dtype="float32", backend="jax"
+        )
+        return gk.Gemma(causal_lm, tokenizer, info)
+
+    dist = gk.distribute(data_parallel=2, model_parallel=4)
+    lm = build()
+    weights = {v.path: v for v in lm.backbone.weights}
+    for name, v in weights.items():
+        assert _spec(v) == axes_for(name, v.shape, 4), name
+    assert _spec(weights["decoder_block_0/attention/key/kernel"]) == ("model", None, None)  # 4 KV heads
+    assert _spec(weights["decoder_block_2/attention/key/kernel"]) == (None, None, None)  # 1 global KV head
+    assert _spec(weights["decoder_block_0/moe_expert_bank/gate_proj"]) == ("model", None, None)
+    assert _spec(weights["decoder_block_0/moe_expert_bank/down_proj"]) == ("model", None, None)
+    assert _spec(weights["per_layer_model_projection/kernel"]) == (None, "model")
+    explicit = layout_map(lm, dist.device_mesh)
+    for name, v in weights.items():
+        layout = explicit[name]
+        assert (tuple(layout.axes) if layout is not None else (None,) * len(v.shape)) == _spec(v), name
+
+    values = {name: np.asarray(v.value) for name, v in weights.items()}
+    sharded = lm.generate("hello world", max_new_tokens=8, stop_token_ids=())
+    gk.distribute(None)
+    plain = build()
+    for v in plain.backbone.weights:
+        v.assign(values[v.path])
+    assert plain.generate("hello world", max_new_tokens=8, stop_token_ids=()) == sharded
