@@ -136,7 +136,23 @@ def save_tiny_tokenizer(out_dir: Path, proto: bytes) -> None:
         GemmaTokenizer.from_pretrained(spm_dir).save_pretrained(str(out_dir))
 
 
-def write_tiny_gemma4(out_dir: Path, variant: str, proto: bytes, vocab_size: int, seed: int = 0):
+GEMMA4_TOKENS = [
+    "<|turn>",
+    "<turn|>",
+    "<|channel>",
+    "<channel|>",
+    "<|think|>",
+    "<|tool>",
+    "<tool|>",
+    "<|tool_call>",
+    "<tool_call|>",
+    "<|tool_response>",
+    "<tool_response|>",
+    '<|"|>',
+]
+
+
+def write_tiny_gemma4(out_dir: Path, variant: str, proto: bytes, vocab_size: int, seed: int = 0, dtype=None):
     """A random `Gemma4ForCausalLM` saved with `save_pretrained`, with the tokenizer; returns the model.
 
     Every weight is perturbed (norms and layer scalars included), so a
@@ -158,6 +174,8 @@ def write_tiny_gemma4(out_dir: Path, variant: str, proto: bytes, vocab_size: int
         for name, buffer in model.named_buffers():
             if name.endswith("layer_scalar"):
                 buffer.add_(torch.randn_like(buffer) * 0.1)
+    if dtype is not None:
+        model = model.to(dtype)
     model.save_pretrained(str(out_dir))
     save_tiny_tokenizer(out_dir, proto)
     return model

@@ -18,25 +18,11 @@ import pytest
 import gemma_keras as gk
 from gemma_keras.errors import GenerationArgumentError, SourceError, UnsupportedModelError
 from tests.conftest import generate_ids
-from tests.hf_reference import GEMMA4_VARIANTS, save_tiny_tokenizer, write_tiny_gemma4
+from tests.hf_reference import GEMMA4_TOKENS, GEMMA4_VARIANTS, save_tiny_tokenizer, write_tiny_gemma4
 
 torch = pytest.importorskip("torch")
 AutoModelForCausalLM = pytest.importorskip("transformers").AutoModelForCausalLM
 
-GEMMA4_TOKENS = [
-    "<|turn>",
-    "<turn|>",
-    "<|channel>",
-    "<channel|>",
-    "<|think|>",
-    "<|tool>",
-    "<tool|>",
-    "<|tool_call>",
-    "<tool_call|>",
-    "<|tool_response>",
-    "<tool_response|>",
-    '<|"|>',
-]
 PROMPTS = [
     "the capital of France is Paris and the model of the world",
     "hello world model user the of and is in to",

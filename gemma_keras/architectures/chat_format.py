@@ -119,6 +119,13 @@ class TurnFormat:
     )
 
     @property
+    def marker_pieces(self) -> tuple[str, ...]:
+        """Every control token this format writes or reads."""
+        reply = self.reply
+        extra = (reply.think, *reply.markers, *reply.tool_tokens) if reply is not None else ()
+        return (self.start, self.end, *self.extra_stops, *extra)
+
+    @property
     def stop_strings(self) -> tuple[str, ...]:
         """Control tokens that end a model turn (besides `<eos>`)."""
         return (self.end, *self.extra_stops)

@@ -176,10 +176,77 @@ def parameter_count(config: dict[str, Any]) -> int:
     return total
 
 
-def _no_gguf(key: GGUFKey, num_layers: int) -> dict[str, Any]:
-    raise UnsupportedModelError(
-        "gemma_keras does not read Gemma 4 GGUF files yet; load the safetensors directory."
-    )
+def _per_layer(value: Any, num_layers: int, name: str) -> list:
+    """A GGUF value that is one number for all layers, or an array of one per layer."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * num_layers
+    if len(values) != num_layers:
+        raise SourceError(f"gemma4.{name} lists {len(values)} values for {num_layers} layers.")
+    return values
+
+
+def gguf_backbone_config(key: GGUFKey, num_layers: int) -> dict[str, Any]:
+    """The Gemma 4 entries of a backbone config, from llama.cpp's `gemma4.*` keys.
+
+    `key("rope_freqs")` gives llama.cpp's table of which global RoPE
+    dimensions rotate (1 rotates, 1e30 does not), from which the partial
+    rotary factor follows.
+    """
+    pattern = key("attention.sliding_window_pattern", required=True)
+    sliding = [bool(s) for s in _per_layer(pattern, num_layers, "attention.sliding_window_pattern")]
+    layer_types = [_SLIDING if s else _FULL for s in sliding]
+    kv = [
+        int(n)
+        for n in _per_layer(
+            key("attention.head_count_kv", required=True), num_layers, "attention.head_count_kv"
+        )
+    ]
+    local_kv = {n for n, s in zip(kv, sliding, strict=True) if s}
+    global_kv = {n for n, s in zip(kv, sliding, strict=True) if not s}
+    if len(local_kv) > 1 or len(global_kv) > 1:
+        raise UnsupportedModelError("gemma4.attention.head_count_kv varies within sliding or global layers.")
+    local = next(iter(local_kv or global_kv))
+    glob = next(iter(global_kv or local_kv))
+    widths = [
+        int(w)
+        for w in _per_layer(key("feed_forward_length", required=True), num_layers, "feed_forward_length")
+    ]
+    shared = int(key("attention.shared_kv_layers", 0) or 0)
+    width = widths[0]
+    double = any(w != width for w in widths)
+    if double and widths != [width * (2 if i >= num_layers - shared else 1) for i in range(num_layers)]:
+        raise UnsupportedModelError(
+            "gemma4.feed_forward_length varies in a way KerasHub's Gemma 4 cannot build."
+        )
+    head_dim = int(key("attention.key_length_swa", required=True))
+    global_dim = int(key("attention.key_length", head_dim))
+    freqs = key("rope_freqs")
+    partial = 1.0 if freqs is None else float((freqs < 1e3).sum()) / max(len(freqs), 1)
+    experts = int(key("expert_count", 0) or 0)
+    window = int(key("attention.sliding_window", 512) or 0)
+    return {
+        "num_key_value_heads": local,
+        "head_dim": head_dim,
+        "global_head_dim": global_dim if global_dim != head_dim else None,
+        # Global layers with fewer KV heads reuse their keys as values (no attn_v).
+        "num_global_key_value_heads": glob if glob != local else None,
+        "intermediate_dim": width,
+        "use_double_wide_mlp": double,
+        "layer_types": layer_types,
+        "use_sliding_window_attention": window > 0,
+        "sliding_window_size": window or 512,
+        "final_logit_soft_cap": key("final_logit_softcapping"),
+        "attention_logit_soft_cap": None,
+        "num_kv_shared_layers": shared,
+        "hidden_size_per_layer_input": int(key("embedding_length_per_layer_input", 0) or 0),
+        "global_rope_partial_rotary_factor": partial,
+        "global_rope_wavelength": float(key("rope.freq_base", GEMMA4.rope_base)),
+        "local_rope_wavelength": float(key("rope.freq_base_swa", 10_000.0)),
+        "enable_moe_block": experts > 0,
+        "num_experts": experts or None,
+        "expert_intermediate_dim": int(key("expert_feed_forward_length", 0) or 0) or None,
+        "num_experts_per_token": int(key("expert_used_count", 8) or 8),
+        "image_size": None,
+    }
 
 
 def hf_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -240,7 +307,7 @@ GEMMA4 = Architecture(
     chat_format=GEMMA4_TURNS,
     plain_torch=False,
     context_length=lambda config: 131072 if config["num_layers"] <= 42 else 262144,
-    gguf_config=_no_gguf,
+    gguf_config=gguf_backbone_config,
     hf_config=hf_config,
     matches=lambda cls, config: (
         cls == "Gemma4Backbone" or (cls is None and "global_rope_partial_rotary_factor" in config)
@@ -253,4 +320,5 @@ GEMMA4 = Architecture(
     hf_backbone_config=hf_backbone_config,
     parameter_count=parameter_count,
     export_formats=frozenset({"keras", "safetensors"}),
+    layers_differ=True,
 )

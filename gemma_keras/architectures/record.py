@@ -59,6 +59,9 @@ class Architecture:
             `config.json`, when gemma_keras converts this architecture's
             safetensors itself (`sources.hf_convert`); None when KerasHub's
             own converter is used.
+        layers_differ: layers may differ in head count and width (Gemma 4),
+            so GGUF keys may be per-layer arrays and the weights follow the
+            architecture's own table (`formats.gemma4_tensors`).
         export_formats: what `Gemma.export` can write for it ("keras",
             "safetensors", "gguf").
         parameter_count: the text model's parameters for a backbone config,
@@ -91,6 +94,7 @@ class Architecture:
     hf_backbone_config: Callable[..., dict[str, Any]] | None = None
     parameter_count: Callable[[dict[str, Any]], int] | None = None
     export_formats: frozenset[str] = frozenset({"keras", "safetensors", "gguf"})
+    layers_differ: bool = False
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""

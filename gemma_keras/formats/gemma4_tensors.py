@@ -76,8 +76,8 @@ BLOCK = (
     Tensor("ffn_gate_inp.scale", "moe_router.per_dim_scale", "as_is", "router.scale"),
     Tensor("ffn_gate_inp", "moe_router.proj.kernel", "dense", "router.proj.weight"),
     # transformers keeps gate and up of every expert in one (experts, 2 * width, hidden) tensor.
-    Tensor("ffn_gate_exps", "moe_expert_bank.gate_proj", "experts_first_half", "experts.gate_up_proj"),
-    Tensor("ffn_up_exps", "moe_expert_bank.up_proj", "experts_second_half", "experts.gate_up_proj"),
+    Tensor("ffn_gate_up_exps", "moe_expert_bank.gate_proj", "experts_first_half", "experts.gate_up_proj"),
+    Tensor("ffn_gate_up_exps", "moe_expert_bank.up_proj", "experts_second_half", "experts.gate_up_proj"),
     Tensor("ffn_down_exps", "moe_expert_bank.down_proj", "experts", "experts.down_proj"),
     Tensor("ffn_down_exps.scale", "moe_expert_bank.per_expert_scale", "as_is", "router.per_expert_scale"),
 )
@@ -128,13 +128,25 @@ def _attribute(obj, path: str):
     return obj
 
 
+def gguf_name(entry: Tensor, layer: int | None = None) -> str:
+    """llama.cpp's full name: `blk.{i}.` before a block's, `.weight` after all but the `.scale` ones."""
+    name = entry.gguf if layer is None else f"blk.{layer}.{entry.gguf}"
+    return name if name.endswith(".scale") else f"{name}.weight"
+
+
 def fill_gemma4(
     backbone,
     get: Callable[[str], np.ndarray],
     mismatch: Callable[[str, tuple, tuple], Exception],
     progress: Callable[[int, int], None] | None = None,
+    names: str = "hf",
 ) -> None:
-    """Assigns every text weight of a `Gemma4Backbone` from `get(hf_name)` (names without a prefix)."""
+    """Assigns every text weight of a `Gemma4Backbone` from `get(name)`.
+
+    `names` "hf": transformers' names without the `model.` prefix; "gguf": llama.cpp's.
+    llama.cpp stores Gemma 4's tensors exactly as transformers does (norms
+    included), so both go through the same layouts.
+    """
     filled: set[int] = set()
 
     def assign(owner, entry: Tensor, hf: str) -> None:
@@ -152,13 +164,13 @@ def fill_gemma4(
         filled.add(id(variable))
 
     for entry in TOP:
-        assign(backbone, entry, entry.hf)
+        assign(backbone, entry, entry.hf if names == "hf" else gguf_name(entry))
     layers = backbone.transformer_layers
     for i, block in enumerate(layers):
         if progress is not None:
             progress(i, len(layers))
         for entry in BLOCK:
-            assign(block, entry, f"layers.{i}.{entry.hf}")
+            assign(block, entry, f"layers.{i}.{entry.hf}" if names == "hf" else gguf_name(entry, i))
     text = [w for w in backbone.weights if not w.path.startswith(("vision", "audio"))]
     unfilled = [w.path for w in text if id(w) not in filled]
     if unfilled:

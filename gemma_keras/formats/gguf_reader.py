@@ -55,7 +55,11 @@ class GGUFModel:
         return self.arch.name
 
     def tokenizer_proto(self) -> bytes:
-        return proto_from_gguf_vocab(self.tokens, self.token_types, **self.special_ids)
+        # llama.cpp stores some of Gemma 4's chat markers as user-defined pieces, which text
+        # would match; as control pieces, a message that types them stays text.
+        markers = set(self.arch.chat_format.marker_pieces)
+        types = [3 if t in markers else kind for t, kind in zip(self.tokens, self.token_types, strict=True)]
+        return proto_from_gguf_vocab(self.tokens, types, **self.special_ids)
 
     def tensor(self, name: str) -> np.ndarray:
         """A tensor as float32 in `(out, in)` layout."""
@@ -143,9 +147,13 @@ def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
     num_layers = sized("block_count", SIZES["num_layers"], required=True)
     hidden = sized("embedding_length", SIZES["hidden_dim"], required=True)
     heads = sized("attention.head_count", SIZES["num_query_heads"], required=True)
-    kv_heads = sized("attention.head_count_kv", SIZES["num_key_value_heads"], heads)
-    head_dim = sized("attention.key_length", SIZES["head_dim"], max(hidden // heads, 1))
-    ffn = sized("feed_forward_length", FFN_WIDTH, required=True)
+    if arch.layers_differ:  # per-layer arrays: the record reads them, and check_backbone_config bounds them
+        kv_heads, head_dim, ffn = heads, max(hidden // heads, 1), 0
+        key = _with_rope_freqs(key, header, path)
+    else:
+        kv_heads = sized("attention.head_count_kv", SIZES["num_key_value_heads"], heads)
+        head_dim = sized("attention.key_length", SIZES["head_dim"], max(hidden // heads, 1))
+        ffn = sized("feed_forward_length", FFN_WIDTH, required=True)
     eps = float(key("attention.layer_norm_rms_epsilon", 1e-6))
     context = check_context(where, f"{a}.context_length", key("context_length", 8192), GGUFError)
     rope_base = float(key("rope.freq_base", arch.rope_base))
@@ -186,7 +194,10 @@ def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
         **arch.gguf_config(key, num_layers),
     }
     check_backbone_config(config, where=where, error=GGUFError, names=_gguf_names(a), context=context)
-    _check_tensor_shapes(path, header, arch, config, ffn)
+    if arch.layers_differ:
+        _check_parameters(path, header, arch, config)
+    else:
+        _check_tensor_shapes(path, header, arch, config, ffn)
     return GGUFModel(
         path=path,
         arch=arch,
@@ -198,6 +209,44 @@ def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
         names=[str(v) for v in (_field(header, path, k) for k in _NAME_KEYS) if isinstance(v, str)],
         header=header,
     )
+
+
+def _with_rope_freqs(key, header: GGUFHeader, path: Path):
+    """`key`, which also gives the `rope_freqs` tensor's values (llama.cpp's partial-RoPE table)."""
+
+    def read(name, default=None, required=False):
+        if name != "rope_freqs":
+            return key(name, default, required)
+        tensor = next((t for t in header.tensors if t.name == "rope_freqs.weight"), None)
+        if tensor is None:
+            return None
+        if tensor.qtype != 0 or len(tensor.shape) != 1 or tensor.shape[0] > 1 << 16:
+            raise GGUFError(f"{path}: rope_freqs.weight is not a short F32 vector.")
+        return np.frombuffer(header.tensor_bytes(tensor), dtype=np.float32)
+
+    return read
+
+
+def _check_parameters(path: Path, header: GGUFHeader, arch: Architecture, config: dict[str, Any]) -> None:
+    """A model whose layers differ: its tensors must hold exactly the parameters the metadata implies.
+
+    Each tensor's shape is checked against its variable when the weights are
+    filled; this bounds what building the model allocates before that.
+    """
+    held = sum(int(np.prod(t.shape)) for t in header.tensors if t.name != "rope_freqs.weight")
+    implied = arch.parameter_count(config)
+    if implied != held:
+        raise GGUFError(
+            f"{path}: the metadata implies a {arch.title} model of {implied:,} parameters, but the tensors "
+            f"hold {held:,}; the file is incomplete or its metadata is wrong."
+        )
+    embedding = next((t for t in header.tensors if t.name == "token_embd.weight"), None)
+    if embedding is None or embedding.shape[0] != config["vocabulary_size"]:
+        rows = None if embedding is None else embedding.shape[0]
+        raise GGUFError(
+            f"{path}: token_embd.weight has {rows} rows for {config['vocabulary_size']} tokens; "
+            "gemma_keras reads only files whose embedding covers the whole vocabulary."
+        )
 
 
 def _gguf_names(a: str) -> dict[str, str]:
