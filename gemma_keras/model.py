@@ -449,6 +449,11 @@ class Gemma:
         )
         if not isinstance(config, FinetuneConfig):
             raise FinetuneError(f"config must be a FinetuneConfig, got {type(config).__name__}.")
+        if not self.architecture.trainable:
+            raise FinetuneError(
+                f"gemma_keras cannot fine-tune {self.architecture.title} yet (its training forward pass, "
+                "with AltUp streams, is not wired to the LoRA loop); generate with it, or fine-tune a Gemma 1-4."
+            )
         try:
             return finetune(self.backbone, self.tokenizer, data, config, self.architecture.chat_format)
         finally:

@@ -179,3 +179,41 @@ def write_tiny_gemma4(out_dir: Path, variant: str, proto: bytes, vocab_size: int
     model.save_pretrained(str(out_dir))
     save_tiny_tokenizer(out_dir, proto)
     return model
+
+
+GEMMA3N_TOKENS = ["<image_soft_token>", "<audio_soft_token>", "<start_of_audio>", "<end_of_audio>"]
+
+
+def write_tiny_gemma3n(out_dir: Path, proto: bytes, vocab_size: int, seed: int = 0):
+    """A random `Gemma3nForCausalLM` (AltUp, LAuReL, per-layer inputs, activation sparsity, two KV-shared
+    layers) saved with `save_pretrained`, with the tokenizer; every weight perturbed. Returns the model."""
+    import torch
+    from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
+
+    config = Gemma3nTextConfig(
+        vocab_size=vocab_size,
+        vocab_size_per_layer_input=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        hidden_size_per_layer_input=4,
+        num_kv_shared_layers=2,
+        laurel_rank=4,
+        altup_num_inputs=4,
+        activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0, 0.0],
+        final_logit_softcapping=30.0,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(seed)
+    model = Gemma3nForCausalLM(config).eval()
+    with torch.no_grad():
+        for _, parameter in model.named_parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.save_pretrained(str(out_dir))
+    save_tiny_tokenizer(out_dir, proto)
+    return model

@@ -286,3 +286,7 @@ def test_a_gemma4_model_drafts_for_another(loaded):
     want = target.generate(PROMPTS[0], max_new_tokens=16, stop_token_ids=())
     assert target.generate(PROMPTS[0], max_new_tokens=16, stop_token_ids=(), draft=draft) == want
     assert target.last_draft_stats.proposed > 0
+
+
+def test_the_context_is_the_checkpoints(loaded):
+    assert loaded["dense"].info.context_length == 512  # max_position_embeddings of the tiny config

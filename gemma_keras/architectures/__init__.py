@@ -10,6 +10,7 @@ Example:
 from gemma_keras.architectures.chat_format import GEMMA4_TURNS, GEMMA_TURNS, TurnFormat, render_messages
 from gemma_keras.architectures.gemma import GEMMA, GEMMA2
 from gemma_keras.architectures.gemma3 import GEMMA3
+from gemma_keras.architectures.gemma3n import GEMMA3N
 from gemma_keras.architectures.gemma4 import GEMMA4
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.architectures.registry import (
@@ -26,6 +27,7 @@ __all__ = [
     "GEMMA",
     "GEMMA2",
     "GEMMA3",
+    "GEMMA3N",
     "GEMMA4",
     "GEMMA4_TURNS",
     "GEMMA_TURNS",

@@ -306,7 +306,8 @@ GEMMA4 = Architecture(
     cache_layout="per_layer",
     chat_format=GEMMA4_TURNS,
     plain_torch=False,
-    context_length=lambda config: 131072 if config["num_layers"] <= 42 else 262144,
+    # E2B and E4B (per-layer inputs): 128k tokens; 26B-A4B and 31B: 256k. A source's own value wins.
+    context_length=lambda config: 131072 if config.get("hidden_size_per_layer_input") else 262144,
     gguf_config=gguf_backbone_config,
     hf_config=hf_config,
     matches=lambda cls, config: (

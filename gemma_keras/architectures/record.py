@@ -61,7 +61,8 @@ class Architecture:
             own converter is used.
         layers_differ: layers may differ in head count and width (Gemma 4),
             so GGUF keys may be per-layer arrays and the weights follow the
-            architecture's own table (`formats.gemma4_tensors`).
+            architecture's own table (`formats.layer_tables`).
+        trainable: `Gemma.finetune` can train it (LoRA).
         export_formats: what `Gemma.export` can write for it ("keras",
             "safetensors", "gguf").
         parameter_count: the text model's parameters for a backbone config,
@@ -95,6 +96,7 @@ class Architecture:
     parameter_count: Callable[[dict[str, Any]], int] | None = None
     export_formats: frozenset[str] = frozenset({"keras", "safetensors", "gguf"})
     layers_differ: bool = False
+    trainable: bool = True
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""

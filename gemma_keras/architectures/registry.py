@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from gemma_keras.architectures.gemma import GEMMA, GEMMA2
 from gemma_keras.architectures.gemma3 import GEMMA3
+from gemma_keras.architectures.gemma3n import GEMMA3N
 from gemma_keras.architectures.gemma4 import GEMMA4
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.errors import UnsupportedModelError
 
-ARCHITECTURES: tuple[Architecture, ...] = (GEMMA, GEMMA2, GEMMA3, GEMMA4)
+ARCHITECTURES: tuple[Architecture, ...] = (GEMMA, GEMMA2, GEMMA3, GEMMA3N, GEMMA4)
 
 
 def names() -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gemma_keras.formats.gemma4_tensors import read_gemma4
+from gemma_keras.formats.layer_tables import TABLES, read_table
 from gemma_keras.formats.manifest import SAFETENSORS, export_kind, manifest_info, write_manifest
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.staging import Kind
@@ -111,7 +111,7 @@ def hf_state_dict(backbone, info: ModelInfo, dtype: str = "f32") -> dict[str, np
     """Every weight under transformers' name (LoRA merged), in `dtype`."""
     arch = info.arch
     if arch.hf_backbone_config is not None:  # converted by gemma_keras itself: its own table (Gemma 4)
-        named = ((f"model.{name}", array) for name, array in read_gemma4(backbone))
+        named = ((f"model.{name}", array) for name, array in read_table(backbone, TABLES[arch.name]))
     else:
         named = ((hf_name(name, arch), array) for name, array in read_backbone(backbone))
     return {name: np.ascontiguousarray(array.astype(_NUMPY[dtype])) for name, array in named}

@@ -165,9 +165,9 @@ def _parse_json(path: Path, raw: bytes) -> Any:
 def _check_keras_preset(path: Path, config: dict) -> Architecture:
     config_file = path / "config.json"
     backbone, arch = _keras_backbone(config_file, config, "")
-    check_backbone_config(backbone, where=str(config_file), error=SourceError)
+    check_backbone_config(_standard(backbone), where=str(config_file), error=SourceError)
     context = _manifest_context(path) or arch.context_length(backbone)
-    check_backbone_config(backbone, where=str(config_file), error=SourceError, context=context)
+    check_backbone_config(_standard(backbone), where=str(config_file), error=SourceError, context=context)
     _check_numbers(config_file, backbone, "config")
 
     task_file = path / "task.json"
@@ -176,7 +176,9 @@ def _check_keras_preset(path: Path, config: dict) -> Architecture:
         task_config = _object(task_file, task.get("config"), "config")
         if "backbone" in task_config:
             task_backbone, _ = _keras_backbone(task_file, task_config["backbone"], "config.backbone.")
-            check_backbone_config(task_backbone, where=str(task_file), error=SourceError, context=context)
+            check_backbone_config(
+                _standard(task_backbone), where=str(task_file), error=SourceError, context=context
+            )
             _check_numbers(task_file, task_backbone, "config.backbone.config")
             _agree(config_file, backbone, task_file, task_backbone)
         if isinstance(task_config.get("preprocessor"), dict):
@@ -188,7 +190,7 @@ def _check_keras_preset(path: Path, config: dict) -> Architecture:
     weights, stored = _keras_weights(path)
     parameters = implied_parameters(arch, backbone)
     most, least = stored / BYTES_PER_PARAMETER[0], (stored - HDF5_OVERHEAD) / BYTES_PER_PARAMETER[1]
-    _fits(config_file, _summary(backbone), parameters, weights, f"{stored:,} bytes", most, least)
+    _fits(config_file, _summary(_standard(backbone)), parameters, weights, f"{stored:,} bytes", most, least)
     metadata_file = path / "metadata.json"
     if metadata_file.exists():
         metadata = _object(metadata_file, read_json(metadata_file), "")
@@ -360,6 +362,8 @@ def _inside(path: Path, index: Path, name: str) -> Path:
 
 def implied_parameters(arch: Architecture, config: dict[str, Any]) -> int:
     """The parameters of the text model a (checked) backbone config describes."""
+    if arch.parameter_count is not None:  # layers that differ: the record counts them
+        return arch.parameter_count(config)
     shapes = expected_tensor_shapes(arch, config, arch.ffn_width(config))
     return sum(math.prod(shape) for shape in shapes.values())
 
@@ -435,33 +439,59 @@ def _check_hf_checkpoint(path: Path, config: dict) -> Architecture:
     return arch
 
 
+# Gemma 3n's KerasHub config names its sizes differently.
+_ALIASES = {
+    "text_vocab_size": "vocabulary_size",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_query_heads",
+    "text_hidden_size": "hidden_dim",
+    "intermediate_size": "intermediate_dim",
+}
+
+
+def _standard(backbone: dict) -> dict:
+    """A backbone config under the size names Gemma 1-4 use (Gemma 3n's are renamed; a per-layer width list
+    becomes its largest)."""
+    sizes = {_ALIASES.get(k, k): v for k, v in backbone.items()}
+    widths = sizes.get("intermediate_dim")
+    if isinstance(widths, list) and widths:
+        sizes["intermediate_dim"] = max(widths)
+    return sizes
+
+
 def _check_converted_hf(path: Path, config: dict, arch: Architecture) -> Architecture:
     """A checkpoint we convert ourselves (`sources.hf_convert`): the record reads the config."""
     config_file = path / "config.json"
     where = str(config_file)
     backbone = arch.hf_backbone_config(config, where)
+    sizes = _standard(backbone)
     check_backbone_config(
-        {k: backbone[k] for k in _HF_REQUIRED + ("intermediate_dim",)},
+        {k: sizes[k] for k in _HF_REQUIRED + ("intermediate_dim",)},
         where=where,
         error=SourceError,
         names=HF_NAMES,
     )
-    for field, limit in (
-        ("global_head_dim", 4096),
-        ("num_global_key_value_heads", backbone["num_query_heads"]),
-        ("hidden_size_per_layer_input", 1 << 16),
-        ("vocab_size_per_layer_input", 1 << 22),
-        ("num_experts", 4096),
-        ("expert_intermediate_dim", 1 << 20),
-        ("num_kv_shared_layers", backbone["num_layers"] - 1),
-    ):
-        if backbone.get(field) is not None:
-            size(where, field, backbone[field], 0, limit, SourceError)
-    _check_token_ids(where, config.get("text_config") or config, backbone["vocabulary_size"])
+    # Every other size the record read (per-layer widths, experts, ranks, ...) is bounded too.
+    for field, value in backbone.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, int) and not isinstance(item, bool):
+                size(where, field, item, 0, 1 << 22, SourceError)
+    size(
+        where,
+        "num_kv_shared_layers",
+        backbone.get("num_kv_shared_layers") or 0,
+        0,
+        sizes["num_layers"] - 1,
+        SourceError,
+    )
+    text = config.get("text_config") or config
+    if text.get("max_position_embeddings") is not None:
+        check_context(where, "max_position_embeddings", text["max_position_embeddings"], SourceError)
+    _check_token_ids(where, text, sizes["vocabulary_size"])
     weights, elements = _safetensors(path)
     parameters = arch.parameter_count(backbone)
     # A multimodal checkpoint also holds its vision and audio towers.
-    _fits(config_file, _summary(backbone, HF_NAMES), parameters, weights, f"{elements:,} values", elements, 0)
+    _fits(config_file, _summary(sizes, HF_NAMES), parameters, weights, f"{elements:,} values", elements, 0)
     return arch
 
 

@@ -48,23 +48,36 @@ class KerasRunner:
         self.causal_lm = causal_lm
         self.backbone = causal_lm.backbone
         self.arch = arch
-        self.vocab_size = int(self.backbone.vocabulary_size)
         self.trace_count = 0
         self._sharded = sharded
         self._placement_checked = False
         self._placement = None
         self._compiled: dict[str, Any] = {}
-        for layer in self.backbone.transformer_layers:
+        if arch.cache_layout == "altup":  # Gemma 3n: the text model sits inside the backbone
+            self.text = self.backbone.language_model
+            self.vocab_size = int(self.text.vocab_size)
+        else:
+            self.text = self.backbone
+            self.vocab_size = int(self.backbone.vocabulary_size)
+        self.layers = list(self.text.transformer_layers)
+        for layer in self.layers:
             _use_position_sliding_mask(layer.attention)
-
-        # Gemma 4: the cache slot each layer reads (its own, or its KV source's), and which layers own one.
+        # Gemma 4 and 3n: the cache slot each layer reads (its own, or its KV source's), and which layers own one.
         self._slots: list[int] = []
         self._owners: list = []
-        if arch.cache_layout == "per_layer":
-            for layer in self.backbone.transformer_layers:
-                if layer.is_kv_shared_layer:
-                    self._slots.append(self._slots[layer.kv_shared_layer_index])
+        if arch.cache_layout in ("per_layer", "altup"):
+            last: dict[str, int] = {}  # Gemma 3n shares the last unshared layer of the same kind
+            for i, layer in enumerate(self.layers):
+                if arch.cache_layout == "altup":
+                    kind = self.text.layer_types[i]
+                    source = last[kind] if i >= self.text.first_kv_shared_layer_idx > 0 else None
                 else:
+                    source = layer.kv_shared_layer_index if layer.is_kv_shared_layer else None
+                if source is not None:
+                    self._slots.append(self._slots[source])
+                else:
+                    if arch.cache_layout == "altup":
+                        last[self.text.layer_types[i]] = i
                     self._slots.append(len(self._owners))
                     self._owners.append(layer)
 
@@ -74,12 +87,16 @@ class KerasRunner:
         from keras import ops
 
         self.trace_count += 1  # runs once per trace when compiled
-        if self.arch.cache_layout == "per_layer":
-            x, cache = self._hidden_per_layer(token_ids, padding_mask, cache, index)
+        if self.arch.cache_layout == "altup":
+            x, cache = self._hidden_altup(token_ids, padding_mask, cache, index)
+            x = x if every_position else x[:, -1:, :]  # already normalized
         else:
-            x, cache = self._hidden(token_ids, padding_mask, cache, index)
-        x = self.backbone.layer_norm(x if every_position else x[:, -1:, :])
-        logits = self.backbone.token_embedding(x, reverse=True)
+            if self.arch.cache_layout == "per_layer":
+                x, cache = self._hidden_per_layer(token_ids, padding_mask, cache, index)
+            else:
+                x, cache = self._hidden(token_ids, padding_mask, cache, index)
+            x = self.backbone.layer_norm(x if every_position else x[:, -1:, :])
+        logits = self.text.token_embedding(x, reverse=True)
         return ops.cast(logits if every_position else logits[:, 0, :], "float32"), cache
 
     def _hidden(self, token_ids, padding_mask, cache, index):
@@ -134,6 +151,34 @@ class KerasRunner:
                 cache[slot] = written
         return x, cache
 
+    def _hidden_altup(self, token_ids, padding_mask, cache, index):
+        """Gemma 3n's text forward pass, as KerasHub's `Gemma3nTextModel` computes it, with one cache per owning layer."""
+        from keras import ops
+
+        text = self.text
+        embeddings, per_layer = self.backbone.embedding_processor({"token_ids": token_ids})
+
+        def rescaled(streams, like):
+            """Each AltUp stream scaled to the magnitude of `like` (KerasHub's epsilon)."""
+            target = ops.sqrt(ops.mean(like**2, axis=-1, keepdims=True))
+            return [
+                s * target / ops.sqrt(ops.maximum(ops.mean(s**2, axis=-1, keepdims=True), 1e-5))
+                for s in streams
+            ]
+
+        streams = [embeddings, *rescaled([p(embeddings) for p in text.altup_projections], embeddings)]
+        x = ops.stack(streams, axis=0)
+        cache = list(cache)
+        for i, layer in enumerate(self.layers):
+            slot = self._slots[i]
+            x, written = layer(
+                (x, per_layer[:, :, i, :], padding_mask), cache=cache[slot], cache_update_index=index
+            )
+            if self._owners[slot] is layer:
+                cache[slot] = written
+        out = [x[0], *rescaled([p(x[j + 1]) for j, p in enumerate(text.altup_unembed_projections)], x[0])]
+        return text.final_normalization(ops.mean(ops.stack(out), axis=0)), cache
+
     def _greedy_chunk(self, token_ids, padding_mask, cache, index):
         """Feeds `token_ids`, then `CHUNK - 1` greedy picks; returns the `CHUNK` picks.
 
@@ -163,7 +208,14 @@ class KerasRunner:
         kv = self.backbone.num_key_value_heads
         dim = self.backbone.head_dim
         dtype = self.causal_lm.compute_dtype
-        if self.arch.cache_layout == "per_layer":
+        if self.arch.cache_layout == "altup":  # heads before positions
+            cache = [
+                ops.zeros(
+                    (rows, 2, layer.attention.num_key_value_heads, length, layer.attention.head_dim), dtype
+                )
+                for layer in self._owners
+            ]
+        elif self.arch.cache_layout == "per_layer":
             cache = [
                 ops.zeros(
                     (rows, 2, length, layer.attention.effective_num_kv_heads, layer.attention.head_dim), dtype
@@ -213,7 +265,8 @@ class KerasRunner:
         import keras
         from keras import ops
 
-        axis = 1 if self.arch.cache_layout == "pair" else 2  # (rows, length, ...) or (rows, 2, length, ...)
+        # (rows, length, ...), (rows, 2, heads, length, ...) or (rows, 2, length, ...)
+        axis = {"pair": 1, "altup": 3}.get(self.arch.cache_layout, 2)
 
         def longer(x):
             shape = list(x.shape)

@@ -17,8 +17,8 @@ from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.backend.selection import import_keras_hub
 from gemma_keras.errors import GemmaKerasError, GGUFError
-from gemma_keras.formats.gemma4_tensors import fill_gemma4
 from gemma_keras.formats.gguf_reader import GGUFModel
+from gemma_keras.formats.layer_tables import TABLES, fill_table
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.formats.tensor_names import fill_backbone, from_gguf_norm
 
@@ -94,7 +94,7 @@ def build_backbone(model: GGUFModel, dtype: str | None = None, progress=None):
         )
 
     if model.arch.layers_differ:  # Gemma 4: its own table; llama.cpp stores its norms as they are
-        fill_gemma4(backbone, model.tensor, mismatch, progress, names="gguf")
+        fill_table(backbone, TABLES[model.arch.name], model.tensor, mismatch, progress, names="gguf")
     else:
         fill_backbone(backbone, lambda name: from_gguf_norm(model.tensor(name)), mismatch, progress)
     return backbone

@@ -18,8 +18,8 @@ from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.backend.selection import import_keras_hub
 from gemma_keras.errors import GemmaKerasError, SourceError
-from gemma_keras.formats.gemma4_tensors import fill_gemma4
 from gemma_keras.formats.hf_tokenizer import checkpoint_tokenizer
+from gemma_keras.formats.layer_tables import TABLES, fill_table
 from gemma_keras.formats.safetensors_reader import SafetensorsTensors
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 
@@ -28,7 +28,11 @@ _PREFIXES = ("model.language_model.", "model.")
 
 
 def convert_hf_dir(path: Path, arch: Architecture, dtype: str):
-    """Returns `(causal_lm, tokenizer)` built from the checkpoint in `path`."""
+    """Returns `(causal_lm, tokenizer, context length or None)` built from the checkpoint in `path`.
+
+    The context is the config's `max_position_embeddings`, which
+    `check_model_dir` has bounded.
+    """
     import_keras_hub()
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     backbone_config = arch.hf_backbone_config(config, str(path / "config.json"))
@@ -47,10 +51,11 @@ def convert_hf_dir(path: Path, arch: Architecture, dtype: str):
         raise SourceError(
             f"{path}: the tokenizer does not form a valid SentencePiece model ({type(exc).__name__}: {str(exc)[:300]})."
         ) from exc
-    if tokenizer.vocabulary_size > backbone_config["vocabulary_size"]:
+    embeddings = backbone_config.get("vocabulary_size") or backbone_config["text_vocab_size"]
+    if tokenizer.vocabulary_size > embeddings:
         raise SourceError(
             f"{path}: the tokenizer has {tokenizer.vocabulary_size:,} tokens but the model only "
-            f"{backbone_config['vocabulary_size']:,} embeddings."
+            f"{embeddings:,} embeddings."
         )
     tensors = SafetensorsTensors(path)
     names = tensors.names()
@@ -67,6 +72,7 @@ def convert_hf_dir(path: Path, arch: Architecture, dtype: str):
             f"{path}: tensor {prefix}{name} has shape {got}, but the model config.json describes needs {wanted}."
         )
 
-    fill_gemma4(backbone, lambda name: tensors.get(prefix + name), mismatch)
+    fill_table(backbone, TABLES[arch.name], lambda name: tensors.get(prefix + name), mismatch)
     causal_lm = arch.keras_class("causal_lm")(backbone=backbone, preprocessor=preprocessor)
-    return causal_lm, tokenizer
+    context = (config.get("text_config") or config).get("max_position_embeddings")
+    return causal_lm, tokenizer, context

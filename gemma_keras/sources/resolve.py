@@ -215,8 +215,9 @@ def _load_preset_dir(path: Path, dtype: str, progress: Progress | None) -> Gemma
     if not _is_keras_preset(path) and arch.hf_backbone_config is not None:
         _report(progress, f"converting the {arch.title} checkpoint", 0.3)
         with quiet_native_logs():
-            lm, tokenizer = convert_hf_dir(path, arch, dtype)
+            lm, tokenizer, context = convert_hf_dir(path, arch, dtype)
         _report(progress, "done", 1.0)
+        manifest = manifest or ({"context_length": context} if context else None)
         return _wrap(lm, manifest, str(path), dtype, tokenizer=tokenizer, instruction_tuned=tuned)
     _report(progress, "loading the Keras preset", 0.5)
     lm = _from_preset(str(path), dtype, arch)

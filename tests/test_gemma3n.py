@@ -1,0 +1,87 @@
+"""Gemma 3n (text) against transformers, on a tiny random checkpoint transformers itself saved.
+
+The checkpoint has every part of Gemma 3n's text model: four AltUp
+streams, LAuReL, per-layer inputs, activation sparsity in its first two
+layers and two KV-shared layers; prompts run past its sliding window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gemma_keras as gk
+from gemma_keras.errors import ExportError, FinetuneError
+from tests.conftest import generate_ids
+from tests.hf_reference import GEMMA3N_TOKENS, write_tiny_gemma3n
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+PROMPTS = [
+    "the capital of France is Paris and the model of the world",
+    "hello world model user the of and is in to",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import sentencepiece
+
+    from gemma_keras.formats.gguf_reader import read_gguf
+    from gemma_keras.testing import tiny_vocab, write_tiny_gguf
+
+    root = tmp_path_factory.mktemp("gemma3n")
+    tokens, types = tiny_vocab()
+    write_tiny_gguf(
+        root / "v.gguf", "gemma3", vocab=(tokens + GEMMA3N_TOKENS, types + [3] * len(GEMMA3N_TOKENS))
+    )
+    proto = read_gguf(root / "v.gguf").tokenizer_proto()
+    size = sentencepiece.SentencePieceProcessor(model_proto=proto).get_piece_size()
+    model = write_tiny_gemma3n(root / "ckpt", proto, size)
+    return root / "ckpt", model
+
+
+@pytest.fixture(scope="module")
+def lm(checkpoint):
+    return gk.load(checkpoint[0])
+
+
+def test_logits_and_greedy_tokens_match_transformers(checkpoint, lm):
+    _, hf = checkpoint
+    assert lm.info.architecture == "gemma3n" and lm.info.context_length == 512
+    prompts = [lm.tokenizer.encode(p) for p in PROMPTS]
+    want = []
+    for ids in prompts:
+        assert len(ids) > 8  # past the sliding window
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0, -1].numpy()
+            out = hf.generate(
+                torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        assert np.abs(lm.logits(ids) - logits).max() < 1e-4
+        want.append(out[0, len(ids) :].tolist())
+    assert generate_ids(lm, prompts, 16) == want  # batched, rows of different lengths
+
+
+def test_kv_shared_layers_hold_no_cache(lm):
+    cache = lm.runner.new_cache(1, 32)
+    assert len(cache) == 6 - 2
+    assert tuple(cache[0].shape) == (1, 2, 2, 32, 8)  # heads before positions, as KerasHub's Gemma 3n has it
+
+
+def test_chat_uses_gemma_turns(lm):
+    assert lm.architecture.chat_format.name == "gemma"
+    assert isinstance(lm.chat(system="Be brief.").send("hello", max_new_tokens=4), str)
+
+
+def test_save_reload_and_what_is_refused(tmp_path, lm):
+    ids = lm.tokenizer.encode(PROMPTS[0])
+    lm.save(tmp_path / "preset")
+    again = gk.load(tmp_path / "preset")
+    assert again.info.architecture == "gemma3n"
+    np.testing.assert_allclose(again.logits(ids), lm.logits(ids), atol=1e-5)
+    with pytest.raises(ExportError, match="format='keras'"):
+        lm.export(tmp_path / "hf", format="safetensors")
+    with pytest.raises(FinetuneError, match="Gemma 3n"):
+        lm.finetune([{"text": "hello world"}], max_steps=1)
