@@ -117,5 +117,9 @@ class Interrupted(KeyboardInterrupt):
         return (type(self), (self.signum, self.message), dict(self.__dict__))
 
 
+class FrozenWeightsWarning(UserWarning):
+    """Fine-tuning leaves some of the model's weights as they are (Gemma 4's MoE experts and router)."""
+
+
 class TurnsDroppedWarning(UserWarning):
     """A chat dropped its oldest turns so that the conversation and the reply fit the context."""

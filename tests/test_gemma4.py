@@ -290,3 +290,22 @@ def test_a_gemma4_model_drafts_for_another(loaded):
 
 def test_the_context_is_the_checkpoints(loaded):
     assert loaded["dense"].info.context_length == 512  # max_position_embeddings of the tiny config
+
+
+def test_finetuning_a_moe_model_says_its_experts_stay_frozen(checkpoints):
+    from gemma_keras.testing import made_up_fact_records
+
+    lm = gk.load(checkpoints["moe"][0])
+    experts = {v.path: np.asarray(v.value).copy() for v in lm.backbone.weights if "moe_expert_bank" in v.path}
+    with pytest.warns(gk.FrozenWeightsWarning, match="experts"):
+        lm.finetune(
+            made_up_fact_records()[:4],
+            lora_rank=2,
+            max_steps=1,
+            batch_size=2,
+            sequence_length=96,
+            verbose=False,
+        )
+    for v in lm.backbone.weights:
+        if v.path in experts:
+            np.testing.assert_array_equal(np.asarray(v.value), experts[v.path])

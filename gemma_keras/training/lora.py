@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import types
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from gemma_keras.checks import is_integer, is_number, positive_int
 from gemma_keras.checks import path as check_path
-from gemma_keras.errors import FinetuneError
+from gemma_keras.errors import FinetuneError, FrozenWeightsWarning
 from gemma_keras.formats.staging import Kind, atomic_write, check_destination
 
 # Friendly names -> KerasHub layer names (the same in Gemma 1, 2 and 3).
@@ -186,6 +187,14 @@ def enable_lora(backbone, rank: int, alpha: float | None = None, targets=None, s
             enabled.append(index)
     if not enabled:
         raise FinetuneError(f"no layer of this model matches the LoRA targets {list(names)}.")
+    if backbone.get_config().get("enable_moe_block"):
+        warnings.warn(
+            FrozenWeightsWarning(
+                "this is a mixture-of-experts model: LoRA adapts its attention and dense MLP, but its experts "
+                "and router have no LoRA support in KerasHub and stay frozen."
+            ),
+            stacklevel=3,
+        )
     # A frozen layer leaves its variables marked trainable; on torch that keeps
     # `requires_grad`, and autograd then computes a gradient for every base
     # weight (the 256k-row embedding included) only to throw it away.
