@@ -450,11 +450,11 @@ _ALIASES = {
 
 
 def _standard(backbone: dict) -> dict:
-    """A backbone config under the size names Gemma 1-4 use (Gemma 3n's are renamed; a per-layer width list
-    becomes its largest)."""
+    """A backbone config under the size names Gemma 1-4 use (Gemma 3n's are renamed, and its per-layer
+    width list becomes its largest; anything else is left for the checks to refuse)."""
     sizes = {_ALIASES.get(k, k): v for k, v in backbone.items()}
-    widths = sizes.get("intermediate_dim")
-    if isinstance(widths, list) and widths:
+    widths = backbone.get("intermediate_size")  # Gemma 3n's, which may list one width per layer
+    if isinstance(widths, list) and widths and all(is_integer(w) for w in widths):
         sizes["intermediate_dim"] = max(widths)
     return sizes
 
