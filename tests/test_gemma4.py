@@ -293,10 +293,16 @@ def test_the_context_is_the_checkpoints(loaded):
 
 
 def test_finetuning_a_moe_model_says_its_experts_stay_frozen(checkpoints):
+    from keras import ops
+
     from gemma_keras.testing import made_up_fact_records
 
     lm = gk.load(checkpoints["moe"][0])
-    experts = {v.path: np.asarray(v.value).copy() for v in lm.backbone.weights if "moe_expert_bank" in v.path}
+    experts = {
+        v.path: ops.convert_to_numpy(v.value).copy()
+        for v in lm.backbone.weights
+        if "moe_expert_bank" in v.path
+    }
     with pytest.warns(gk.FrozenWeightsWarning, match="experts"):
         lm.finetune(
             made_up_fact_records()[:4],
@@ -308,4 +314,4 @@ def test_finetuning_a_moe_model_says_its_experts_stay_frozen(checkpoints):
         )
     for v in lm.backbone.weights:
         if v.path in experts:
-            np.testing.assert_array_equal(np.asarray(v.value), experts[v.path])
+            np.testing.assert_array_equal(ops.convert_to_numpy(v.value), experts[v.path])
