@@ -112,10 +112,11 @@ def scored_positions_model(backbone):
         def __init__(self, backbone, **kwargs):
             super().__init__(**kwargs)
             self.backbone = backbone
+            self.positions = "position_ids" in backbone.input  # Gemma 4 takes positions explicitly
 
         def call(self, inputs):
             features = {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
-            if "position_ids" in self.backbone.input:  # Gemma 4 takes positions explicitly
+            if self.positions:
                 shape = ops.shape(inputs["token_ids"])
                 features["position_ids"] = ops.broadcast_to(ops.arange(shape[1], dtype="int32")[None], shape)
             hidden = self.backbone(features)
