@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gemma_keras import interrupts
+from gemma_keras.architectures.record import Architecture
 from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.backend.selection import import_keras_hub
@@ -53,21 +54,15 @@ def _convert(model: GGUFModel, out_dir: Path, progress: Progress | None):
     import_keras_hub()
     arch = model.arch
     _report(progress, "reading the vocabulary", 0.02)
-    try:
-        proto = model.tokenizer_proto()
-        tokenizer = GemmaTokenizer(proto)  # sentencepiece checks the model (duplicates, byte pieces)
-        with quiet_native_logs():
-            keras_tokenizer = arch.keras_class("tokenizer")(
-                proto=proto, **arch.keras_tokenizer_options(set(model.tokens))
-            )
-            preprocessor = arch.keras_class("preprocessor")(tokenizer=keras_tokenizer)
-    except GemmaKerasError:
-        raise
-    except Exception as exc:  # sentencepiece and TensorFlow raise their own types
-        raise GGUFError(
+    tokenizer, preprocessor = build_tokenizers(
+        arch,
+        model.tokenizer_proto,
+        set(model.tokens),
+        lambda exc: GGUFError(
             f"{model.path}: the vocabulary does not form a valid SentencePiece model "
             f"({type(exc).__name__}: {str(exc)[:300]})."
-        ) from exc
+        ),
+    )
 
     def layer_progress(i: int, n: int) -> None:
         _stop_if_asked(model)  # between layers
@@ -80,6 +75,35 @@ def _convert(model: GGUFModel, out_dir: Path, progress: Progress | None):
     _stop_if_asked(model)  # the cache renames the entry into place after this
     _report(progress, "done", 1.0)
     return causal_lm, tokenizer
+
+
+def build_tokenizers(
+    arch: Architecture,
+    make_proto: Callable[[], bytes],
+    pieces: set[str] | None,
+    invalid: Callable[[Exception], GemmaKerasError],
+):
+    """Our tokenizer and KerasHub's preprocessor for a SentencePiece model; returns `(tokenizer, preprocessor)`.
+
+    `pieces` (the vocabulary, for the record's tokenizer options) is read from
+    the model when None. A model that sentencepiece or KerasHub refuses raises
+    `invalid(exc)`; a `GemmaKerasError` from `make_proto` passes through.
+    """
+    try:
+        proto = make_proto()
+        tokenizer = GemmaTokenizer(proto)  # sentencepiece checks the model (duplicates, byte pieces)
+        if pieces is None:
+            pieces = {tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size)}
+        with quiet_native_logs():
+            keras_tokenizer = arch.keras_class("tokenizer")(
+                proto=proto, **arch.keras_tokenizer_options(pieces)
+            )
+            preprocessor = arch.keras_class("preprocessor")(tokenizer=keras_tokenizer)
+    except GemmaKerasError:
+        raise
+    except Exception as exc:  # sentencepiece and TensorFlow raise their own types
+        raise invalid(exc) from exc
+    return tokenizer, preprocessor
 
 
 def build_backbone(model: GGUFModel, dtype: str | None = None, progress=None):

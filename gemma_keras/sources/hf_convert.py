@@ -15,13 +15,12 @@ from pathlib import Path
 
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.backend.no_init import weights_follow
-from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.backend.selection import import_keras_hub
-from gemma_keras.errors import GemmaKerasError, SourceError
+from gemma_keras.errors import SourceError
 from gemma_keras.formats.hf_tokenizer import checkpoint_tokenizer
 from gemma_keras.formats.layer_tables import TABLES, fill_table
 from gemma_keras.formats.safetensors_reader import SafetensorsTensors
-from gemma_keras.formats.sentencepiece import GemmaTokenizer
+from gemma_keras.sources.convert import build_tokenizers
 
 # Where the text model's weights live: a text-only checkpoint, then a multimodal one.
 _PREFIXES = ("model.language_model.", "model.")
@@ -36,21 +35,15 @@ def convert_hf_dir(path: Path, arch: Architecture, dtype: str):
     import_keras_hub()
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     backbone_config = arch.hf_backbone_config(config, str(path / "config.json"))
-    proto = checkpoint_tokenizer(path)
-    try:
-        tokenizer = GemmaTokenizer(proto)
-        pieces = {tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size)}
-        with quiet_native_logs():
-            keras_tokenizer = arch.keras_class("tokenizer")(
-                proto=proto, **arch.keras_tokenizer_options(pieces)
-            )
-            preprocessor = arch.keras_class("preprocessor")(tokenizer=keras_tokenizer)
-    except GemmaKerasError:
-        raise
-    except Exception as exc:  # sentencepiece and TensorFlow raise their own types
-        raise SourceError(
-            f"{path}: the tokenizer does not form a valid SentencePiece model ({type(exc).__name__}: {str(exc)[:300]})."
-        ) from exc
+    tokenizer, preprocessor = build_tokenizers(
+        arch,
+        lambda: checkpoint_tokenizer(path),
+        None,
+        lambda exc: SourceError(
+            f"{path}: the tokenizer does not form a valid SentencePiece model "
+            f"({type(exc).__name__}: {str(exc)[:300]})."
+        ),
+    )
     embeddings = backbone_config.get("vocabulary_size") or backbone_config["text_vocab_size"]
     if tokenizer.vocabulary_size > embeddings:
         raise SourceError(
