@@ -125,6 +125,20 @@ GEMMA4_VARIANTS = {
 }
 
 
+def tiny_proto(controls: list[str]) -> bytes:
+    """The tiny test vocabulary's SentencePiece model, with `controls` added as control pieces."""
+    import tempfile
+
+    from gemma_keras.formats.gguf_reader import read_gguf
+    from gemma_keras.testing import tiny_vocab, write_tiny_gguf
+
+    tokens, types = tiny_vocab()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vocab.gguf"
+        write_tiny_gguf(path, "gemma3", vocab=(tokens + controls, types + [3] * len(controls)))
+        return read_gguf(path).tokenizer_proto()
+
+
 def save_tiny_tokenizer(out_dir: Path, proto: bytes) -> None:
     """The SentencePiece model saved by transformers' own `GemmaTokenizer.save_pretrained` (tokenizer.json)."""
     import tempfile

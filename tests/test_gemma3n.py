@@ -13,7 +13,7 @@ import pytest
 import gemma_keras as gk
 from gemma_keras.errors import ExportError, FinetuneError
 from tests.conftest import generate_ids
-from tests.hf_reference import GEMMA3N_TOKENS, write_tiny_gemma3n
+from tests.hf_reference import GEMMA3N_TOKENS, tiny_proto, write_tiny_gemma3n
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -28,15 +28,8 @@ PROMPTS = [
 def checkpoint(tmp_path_factory):
     import sentencepiece
 
-    from gemma_keras.formats.gguf_reader import read_gguf
-    from gemma_keras.testing import tiny_vocab, write_tiny_gguf
-
     root = tmp_path_factory.mktemp("gemma3n")
-    tokens, types = tiny_vocab()
-    write_tiny_gguf(
-        root / "v.gguf", "gemma3", vocab=(tokens + GEMMA3N_TOKENS, types + [3] * len(GEMMA3N_TOKENS))
-    )
-    proto = read_gguf(root / "v.gguf").tokenizer_proto()
+    proto = tiny_proto(GEMMA3N_TOKENS)
     size = sentencepiece.SentencePieceProcessor(model_proto=proto).get_piece_size()
     model = write_tiny_gemma3n(root / "ckpt", proto, size)
     return root / "ckpt", model

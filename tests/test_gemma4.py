@@ -18,7 +18,13 @@ import pytest
 import gemma_keras as gk
 from gemma_keras.errors import GenerationArgumentError, SourceError, UnsupportedModelError
 from tests.conftest import generate_ids
-from tests.hf_reference import GEMMA4_TOKENS, GEMMA4_VARIANTS, save_tiny_tokenizer, write_tiny_gemma4
+from tests.hf_reference import (
+    GEMMA4_TOKENS,
+    GEMMA4_VARIANTS,
+    save_tiny_tokenizer,
+    tiny_proto,
+    write_tiny_gemma4,
+)
 
 torch = pytest.importorskip("torch")
 AutoModelForCausalLM = pytest.importorskip("transformers").AutoModelForCausalLM
@@ -30,15 +36,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def vocab_proto(tmp_path_factory):
+def vocab_proto():
     """A tiny Gemma vocabulary with Gemma 4's turn tokens as control pieces."""
-    from gemma_keras.formats.gguf_reader import read_gguf
-    from gemma_keras.testing import tiny_vocab, write_tiny_gguf
-
-    tokens, types = tiny_vocab()
-    path = tmp_path_factory.mktemp("vocab") / "vocab.gguf"
-    write_tiny_gguf(path, "gemma3", vocab=(tokens + GEMMA4_TOKENS, types + [3] * len(GEMMA4_TOKENS)))
-    return read_gguf(path).tokenizer_proto()
+    return tiny_proto(GEMMA4_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -140,16 +140,12 @@ def test_chat_uses_gemma4_turns(loaded):
 
 
 def test_chat_refuses_a_vocabulary_without_turn_tokens(tmp_path, checkpoints):
-    from gemma_keras.formats.gguf_reader import read_gguf
-    from gemma_keras.testing import write_tiny_gguf
-
     path, _ = checkpoints["dense"]
     plain = tmp_path / "plain"
     shutil.copytree(path, plain)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (plain / name).unlink()
-    write_tiny_gguf(tmp_path / "v.gguf", "gemma3")
-    save_tiny_tokenizer(plain, read_gguf(tmp_path / "v.gguf").tokenizer_proto())
+    save_tiny_tokenizer(plain, tiny_proto([]))
     lm = gk.load(plain)
     assert len(lm.generate("hello", max_new_tokens=3, stop=[])) > 0
     with pytest.raises(GenerationArgumentError, match="<\\|turn>"):

@@ -28,15 +28,9 @@ def main(llama_cpp: Path) -> None:
     import sentencepiece
     import torch
 
-    from gemma_keras.formats.gguf_reader import read_gguf
-    from gemma_keras.testing import tiny_vocab, write_tiny_gguf
-    from tests.hf_reference import GEMMA4_TOKENS, write_tiny_gemma4
+    from tests.hf_reference import GEMMA4_TOKENS, tiny_proto, write_tiny_gemma4
 
-    tokens, types = tiny_vocab()
-    vocab = HERE / "vocab.gguf"
-    write_tiny_gguf(vocab, "gemma3", vocab=(tokens + GEMMA4_TOKENS, types + [3] * len(GEMMA4_TOKENS)))
-    proto = read_gguf(vocab).tokenizer_proto()
-    vocab.unlink()
+    proto = tiny_proto(GEMMA4_TOKENS)
     size = sentencepiece.SentencePieceProcessor(model_proto=proto).get_piece_size()
     for variant in VARIANTS:
         out = HERE / variant
