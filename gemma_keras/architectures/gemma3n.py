@@ -108,8 +108,42 @@ def _no_gguf(key: GGUFKey, num_layers: int) -> dict[str, Any]:
     )
 
 
-def _no_hf_export(config: dict[str, Any]) -> dict[str, Any]:
-    raise UnsupportedModelError("gemma_keras cannot export Gemma 3n as safetensors yet; save a Keras preset.")
+def hf_config(config: dict[str, Any]) -> dict[str, Any]:
+    """transformers' `config.json` entries for a `Gemma3nBackbone` config (`hf_backbone_config`'s inverse).
+
+    Gemma 3n names its sizes its own way, so every size is written here.
+    """
+    if config.get("hidden_activation", "gelu_approximate") != "gelu_approximate":
+        raise UnsupportedModelError(
+            f"this Gemma 3n uses {config['hidden_activation']!r}; transformers' Gemma 3n runs gelu_pytorch_tanh."
+        )
+    sparsity = config.get("activation_sparsity_pattern")
+    return {
+        "vocab_size": config["text_vocab_size"],
+        "hidden_size": config["text_hidden_size"],
+        "intermediate_size": config["intermediate_size"],
+        "num_hidden_layers": config["num_hidden_layers"],
+        "num_attention_heads": config["num_attention_heads"],
+        "num_key_value_heads": config["num_key_value_heads"],
+        "head_dim": config["head_dim"],
+        "rms_norm_eps": config["rms_norm_eps"],
+        "layer_types": list(config["layer_types"]),
+        "sliding_window": config["sliding_window"],
+        "rope_parameters": {
+            _FULL: {"rope_type": "default", "rope_theta": config["rope_theta"]},
+            _SLIDING: {"rope_type": "default", "rope_theta": config["rope_local_base_freq"]},
+        },
+        "final_logit_softcapping": config.get("final_logit_soft_cap"),
+        "vocab_size_per_layer_input": config["vocab_size_per_layer_input"],
+        "hidden_size_per_layer_input": config["hidden_size_per_layer_input"],
+        "altup_num_inputs": config["altup_num_inputs"],
+        "altup_active_idx": config["altup_active_idx"],
+        "altup_coef_clip": config.get("altup_coef_clip"),
+        "altup_correct_scale": config["altup_correct_scale"],
+        "laurel_rank": config["laurel_rank"],
+        "activation_sparsity_pattern": list(sparsity) if sparsity is not None else None,
+        "num_kv_shared_layers": config.get("num_kv_shared_layers") or 0,
+    }
 
 
 GEMMA3N = Architecture(
@@ -132,11 +166,10 @@ GEMMA3N = Architecture(
     plain_torch=False,
     context_length=lambda config: int(config.get("max_position_embeddings") or 32768),
     gguf_config=_no_gguf,
-    hf_config=_no_hf_export,
+    hf_config=hf_config,
     matches=lambda cls, config: cls == "Gemma3nBackbone" or (cls is None and "altup_num_inputs" in config),
     hf_backbone_config=hf_backbone_config,
     parameter_count=parameter_count,
-    export_formats=frozenset({"keras"}),
+    export_formats=frozenset({"keras", "safetensors"}),
     layers_differ=True,
-    trainable=False,
 )

@@ -46,30 +46,36 @@ def hf_config(
     """transformers' `config.json` for the model."""
     arch = info.arch
     cfg = backbone_config
-    config: dict[str, Any] = {
-        "architectures": [arch.hf_class],
-        "model_type": arch.hf_model_type,
-        "vocab_size": cfg["vocabulary_size"],
-        "hidden_size": cfg["hidden_dim"],
-        "intermediate_size": arch.ffn_width(cfg),
-        "num_hidden_layers": cfg["num_layers"],
-        "num_attention_heads": cfg["num_query_heads"],
-        "num_key_value_heads": cfg["num_key_value_heads"],
-        "head_dim": cfg["head_dim"],
-        "hidden_activation": "gelu_pytorch_tanh",
-        "hidden_act": "gelu_pytorch_tanh",
-        "rms_norm_eps": cfg["layer_norm_epsilon"],
-        "max_position_embeddings": info.context_length,
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "tie_word_embeddings": True,
-        "bos_token_id": tokenizer.bos_id,
-        "eos_token_id": tokenizer.eos_id,
-        "pad_token_id": tokenizer.pad_id,
-        "dtype": _TORCH_DTYPE[dtype],
-        "torch_dtype": _TORCH_DTYPE[dtype],
-        "use_cache": True,
-    }
+    config: dict[str, Any] = {"architectures": [arch.hf_class], "model_type": arch.hf_model_type}
+    if "hidden_dim" in cfg:  # KerasHub's Gemma 1-4 names; Gemma 3n's record writes its own sizes
+        config.update(
+            {
+                "vocab_size": cfg["vocabulary_size"],
+                "hidden_size": cfg["hidden_dim"],
+                "intermediate_size": arch.ffn_width(cfg),
+                "num_hidden_layers": cfg["num_layers"],
+                "num_attention_heads": cfg["num_query_heads"],
+                "num_key_value_heads": cfg["num_key_value_heads"],
+                "head_dim": cfg["head_dim"],
+                "rms_norm_eps": cfg["layer_norm_epsilon"],
+            }
+        )
+    config.update(
+        {
+            "hidden_activation": "gelu_pytorch_tanh",
+            "hidden_act": "gelu_pytorch_tanh",
+            "max_position_embeddings": info.context_length,
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "tie_word_embeddings": True,
+            "bos_token_id": tokenizer.bos_id,
+            "eos_token_id": tokenizer.eos_id,
+            "pad_token_id": tokenizer.pad_id,
+            "dtype": _TORCH_DTYPE[dtype],
+            "torch_dtype": _TORCH_DTYPE[dtype],
+            "use_cache": True,
+        }
+    )
     config.update(arch.hf_config(cfg))
     return config
 

@@ -93,6 +93,14 @@ def _schedule(plan: Plan):
     return WarmupDecay()
 
 
+def input_names(backbone) -> set[str]:
+    """The names of a functional backbone's inputs (a dict for Gemma 1-4, a list for Gemma 3n)."""
+    inputs = backbone.input
+    if isinstance(inputs, dict):
+        return set(inputs)
+    return {tensor.name for tensor in (inputs if isinstance(inputs, (list, tuple)) else [inputs])}
+
+
 def scored_positions_model(backbone):
     """A Keras model: the next-token loss (negative log-likelihood) at given positions.
 
@@ -112,7 +120,9 @@ def scored_positions_model(backbone):
         def __init__(self, backbone, **kwargs):
             super().__init__(**kwargs)
             self.backbone = backbone
-            self.positions = "position_ids" in backbone.input  # Gemma 4 takes positions explicitly
+            # Gemma 4 takes positions explicitly; Gemma 3n's text model sits inside its backbone.
+            self.positions = "position_ids" in input_names(backbone)
+            self.text = getattr(backbone, "language_model", backbone)
 
         def call(self, inputs):
             features = {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]}
@@ -122,7 +132,7 @@ def scored_positions_model(backbone):
             hidden = self.backbone(features)
             positions = ops.cast(inputs["positions"], "int32")[:, :, None]
             picked = ops.take_along_axis(hidden, positions, axis=1)
-            logits = ops.cast(self.backbone.token_embedding(picked, reverse=True), "float32")
+            logits = ops.cast(self.text.token_embedding(picked, reverse=True), "float32")
             labels = ops.cast(inputs["labels"], "int32")
             if fused:
                 # TensorFlow's fused op needs less memory than the two-pass form.

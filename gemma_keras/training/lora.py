@@ -36,15 +36,16 @@ from gemma_keras.checks import path as check_path
 from gemma_keras.errors import FinetuneError, FrozenWeightsWarning
 from gemma_keras.formats.staging import Kind, atomic_write, check_destination
 
-# Friendly names -> KerasHub layer names (the same in Gemma 1, 2 and 3).
+# Friendly names -> KerasHub layer names: Gemma 1-4's, then Gemma 3n's (its text layers use
+# transformers' names). No name is used for another role in any architecture.
 TARGETS = {
-    "query": "query",
-    "key": "key",
-    "value": "value",
-    "output": "attention_output",
-    "gate": "ffw_gating",
-    "up": "ffw_gating_2",
-    "down": "ffw_linear",
+    "query": ("query", "q_proj"),
+    "key": ("key", "k_proj"),
+    "value": ("value", "v_proj"),
+    "output": ("attention_output", "o_proj"),
+    "gate": ("ffw_gating", "gate_proj"),
+    "up": ("ffw_gating_2", "up_proj"),
+    "down": ("ffw_linear", "down_proj"),
 }
 GROUPS = {
     "attention": ("query", "key", "value", "output"),
@@ -80,17 +81,22 @@ def resolve_targets(targets: str | Sequence[str] | None) -> tuple[str, ...]:
 def _side_path_call(self, inputs, training=None):
     """`x W + (alpha / rank) (x A) B`, in place of Keras' `x (W + (alpha / rank) A B)`.
 
-    Keras' EinsumDense adds `A @ B` to the kernel on every call, so the
+    Keras' EinsumDense (and Dense, Gemma 3n's projections) adds `A @ B` to the kernel on every call, so the
     backward pass computes a full kernel-sized gradient and only then
     projects it onto `A` and `B`: as much work as full fine-tuning's weight
     gradients. The side path never forms a kernel-sized product.
     """
     from keras import ops
 
-    x = ops.einsum(self.equation, inputs, self._kernel)
+    equation = getattr(self, "equation", None)  # None: a Dense layer
+
+    def project(x, kernel):
+        return ops.matmul(x, kernel) if equation is None else ops.einsum(equation, x, kernel)
+
+    x = project(inputs, self._kernel)
     # The factors are float32 (as Keras makes them); so is their path, as in
     # peft, and the update joins the layer's compute dtype at the end.
-    low = ops.einsum(self.equation, ops.cast(inputs, "float32"), self.lora_kernel_a)
+    low = project(ops.cast(inputs, "float32"), self.lora_kernel_a)
     update = ops.matmul(low, self.lora_kernel_b) * (self.lora_alpha / self.lora_rank)
     x = ops.add(x, ops.cast(update, x.dtype))
     if self.bias is not None:
@@ -102,6 +108,8 @@ def _side_path_call(self, inputs, training=None):
 
 def _side_path_fits(layer) -> bool:
     """True when the kernel's last axis is the output's last axis (every Gemma projection)."""
+    if not hasattr(layer, "equation"):
+        return True  # Dense: `x @ kernel`
     inputs, output = layer.equation.split("->")
     kernel = inputs.split(",")[1]
     return kernel[-1] == output[-1] and kernel[-1] not in inputs.split(",")[0]
@@ -123,6 +131,17 @@ def layer_key(layer) -> str:
 def lora_settings(backbone) -> dict | None:
     """`{"rank", "alpha", "targets"}` of the enabled adapters, or None."""
     return getattr(backbone, "_gemma_keras_lora", None)
+
+
+def _unused_when_shared(backbone) -> list:
+    blocks = getattr(getattr(backbone, "language_model", backbone), "transformer_layers", [])
+    return [
+        layer
+        for block in blocks
+        if getattr(block, "is_kv_shared_layer", False)
+        for layer in block._flatten_layers()
+        if layer.name in TARGETS["key"] + TARGETS["value"]
+    ]
 
 
 def _check_rank_fits(backbone, rank: int, layer_names: set[str]) -> None:
@@ -168,15 +187,19 @@ def enable_lora(backbone, rank: int, alpha: float | None = None, targets=None, s
         return settings
     if lora_layers(backbone):
         raise FinetuneError("this model has LoRA layers gemma_keras did not add; load a clean model.")
-    layer_names = {TARGETS[t] for t in names}
+    layer_names = {name for t in names for name in TARGETS[t]}
     _check_rank_fits(backbone, rank, layer_names)
     backbone.trainable = True
     for layer in backbone._flatten_layers(include_self=False):
         layer.trainable = False
     rng = np.random.default_rng([seed, 0x10A])
+    # Gemma 3n's audio tower names its projections like the text model's; only the text model is adapted.
+    text = {id(lyr) for lyr in getattr(backbone, "language_model", backbone)._flatten_layers()}
+    # Gemma 3n builds key and value projections on its KV-shared layers that they never run.
+    text -= {id(lyr) for lyr in _unused_when_shared(backbone)}
     enabled = []
     for index, layer in enumerate(lyr for lyr in backbone._flatten_layers(include_self=False) if lyr.weights):
-        if layer.name in layer_names and hasattr(layer, "enable_lora"):
+        if layer.name in layer_names and id(layer) in text and hasattr(layer, "enable_lora"):
             layer.trainable = True
             layer.enable_lora(rank, lora_alpha=alpha)
             shape = tuple(layer.lora_kernel_a.shape)
@@ -251,8 +274,13 @@ def model_signature(backbone) -> dict:
         "num_key_value_heads",
         "head_dim",
         "vocabulary_size",
+        # Gemma 3n's names for the same sizes
+        "num_hidden_layers",
+        "text_hidden_size",
+        "num_attention_heads",
+        "text_vocab_size",
     )
-    return {"class": type(backbone).__name__, **{k: config.get(k) for k in keys}}
+    return {"class": type(backbone).__name__, **{k: config[k] for k in keys if k in config}}
 
 
 def header_kind(path: Path) -> str | None:
