@@ -84,3 +84,63 @@ def test_a_truncated_gemma4_gguf_is_refused(tmp_path):
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(GGUFError):
         gk.load(bad)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gguf_export_writes_what_llama_cpp_converter_writes(variant, tmp_path, pairs):
+    """Our GGUF export of each model has the converter's tensors (name, type, shape) and `gemma4.*` keys
+    (value and type), and reloads with the same logits and tokens."""
+    import gguf
+
+    lm, _ = pairs[variant]
+    out = lm.export(tmp_path / "model.gguf")
+    ref, mine = gguf.GGUFReader(DATA / f"{variant}.gguf"), gguf.GGUFReader(out)
+
+    def tensors(reader):
+        return {t.name: (t.tensor_type.name, [int(n) for n in t.shape]) for t in reader.tensors}
+
+    def keys(reader):
+        return {
+            k: (f.contents(), [int(t) for t in f.types])
+            for k, f in reader.fields.items()
+            if k.startswith("gemma4.")
+        }
+
+    assert tensors(mine) == tensors(ref)
+    assert keys(mine) == keys(ref)
+    again = gk.load(out)
+    ids = lm.tokenizer.encode(PROMPT)
+    assert again.tokenizer.encode(PROMPT) == ids
+    np.testing.assert_allclose(again.logits(ids), lm.logits(ids), atol=1e-5)  # both float16 weights
+    types = dict(
+        zip(
+            mine.fields["tokenizer.ggml.tokens"].contents(),
+            mine.fields["tokenizer.ggml.token_type"].contents(),
+            strict=True,
+        )
+    )
+    assert (
+        types["<|tool_call>"] == 4 and types["<|turn>"] == 3
+    )  # user-defined as the converter has it; control
+
+
+def test_gguf_export_q8_0_of_gemma4(tmp_path, pairs):
+    """Every weight within Q8_0's rounding (half a step of its block's largest value / 127).
+
+    Logits are not the check: in a tiny random MoE, rounding flips expert choices.
+    """
+    import gguf
+
+    from gemma_keras.formats.layer_tables import TABLES, read_table
+
+    lm, _ = pairs["moe"]
+    out = lm.export(tmp_path / "model.gguf", dtype="q8_0")
+    kinds = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert kinds["blk.0.attn_q.weight"] == kinds["blk.0.ffn_gate_up_exps.weight"] == "Q8_0"
+    assert kinds["blk.0.ffn_gate_inp.weight"] == "F32"  # the router, as the converter keeps it
+    want = dict(read_table(lm.backbone, TABLES["gemma4"]))
+    got = dict(read_table(gk.load(out).backbone, TABLES["gemma4"]))
+    assert set(got) == set(want)
+    errors = {k: np.abs(got[k] - want[k]).max() / np.abs(want[k]).max() for k in want}
+    assert max(errors.values()) < 1 / 200
+    assert errors["layers.0.self_attn.q_proj.weight"] > 0  # it was quantized

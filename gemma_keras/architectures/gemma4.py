@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from gemma_keras.architectures.chat_format import GEMMA4_TURNS
 from gemma_keras.architectures.record import Architecture, GGUFKey
 from gemma_keras.errors import SourceError, UnsupportedModelError
@@ -288,6 +290,79 @@ def hf_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def gguf_metadata(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """llama.cpp's `gemma4.*` keys and extra tensors for a backbone config (`gguf_backbone_config`'s inverse).
+
+    Written as llama.cpp's `convert_hf_to_gguf.py` writes them: per-layer
+    arrays where layers differ, and the `rope_freqs` table that makes the
+    global layers' RoPE partial (1 rotates a dimension pair, 1e30 leaves it).
+    """
+    for name in ("global_rope_scaling_factor", "local_rope_scaling_factor"):
+        if (config.get(name) or 1.0) != 1.0:
+            raise UnsupportedModelError(f"llama.cpp's gemma4 has no key for {name} = {config[name]}.")
+    if config.get("attention_logit_soft_cap"):
+        raise UnsupportedModelError("llama.cpp's gemma4 has no attention logit soft cap.")
+    layers, layer_types = config["num_layers"], list(config["layer_types"])
+    sliding = [t == _SLIDING for t in layer_types]
+    dim = config["head_dim"]
+    global_dim = config.get("global_head_dim") or dim
+    kv, global_kv = config["num_key_value_heads"], config.get("num_global_key_value_heads")
+    shared = config.get("num_kv_shared_layers") or 0
+    width = config["intermediate_dim"]
+    keys: dict[str, Any] = {
+        "block_count": layers,
+        "embedding_length": config["hidden_dim"],
+        "feed_forward_length": (
+            [width * (2 if i >= layers - shared else 1) for i in range(layers)]
+            if config.get("use_double_wide_mlp")
+            else width
+        ),
+        "attention.head_count": config["num_query_heads"],
+        "attention.head_count_kv": (
+            [kv if s else global_kv for s in sliding] if global_kv is not None else kv
+        ),
+        "rope.freq_base": float(config.get("global_rope_wavelength") or GEMMA4.rope_base),
+        "rope.freq_base_swa": float(config.get("local_rope_wavelength") or 10_000.0),
+        "attention.layer_norm_rms_epsilon": float(config["layer_norm_epsilon"]),
+        "attention.key_length": global_dim,
+        "attention.value_length": global_dim,
+        "attention.key_length_swa": dim,
+        "attention.value_length_swa": dim,
+        "rope.dimension_count": global_dim,
+        "rope.dimension_count_swa": dim,
+        "attention.sliding_window": (
+            config["sliding_window_size"] if config.get("use_sliding_window_attention") else 0
+        ),
+        "attention.sliding_window_pattern": sliding,
+        "attention.shared_kv_layers": shared,
+        "embedding_length_per_layer_input": config.get("hidden_size_per_layer_input") or 0,
+    }
+    if config.get("final_logit_soft_cap"):
+        keys["final_logit_softcapping"] = float(config["final_logit_soft_cap"])
+    if config.get("enable_moe_block"):
+        keys["expert_count"] = config["num_experts"]
+        keys["expert_used_count"] = config["num_experts_per_token"]
+        keys["expert_feed_forward_length"] = config["expert_intermediate_dim"]
+    partial = config.get("global_rope_partial_rotary_factor") or 1.0
+    rotated = int(global_dim * partial / 2)
+    freqs = np.array([1.0] * rotated + [1e30] * (global_dim // 2 - rotated), dtype=np.float32)
+    return keys, {"rope_freqs.weight": freqs}
+
+
+# What llama.cpp's converter stores as user-defined pieces, so that its chat parser sees them in text.
+GGUF_VISIBLE_PIECES = frozenset(
+    {
+        "<|channel>",
+        "<channel|>",
+        "<|tool_call>",
+        "<tool_call|>",
+        "<|tool_response>",
+        "<tool_response|>",
+        '<|"|>',
+    }
+)
+
+
 GEMMA4 = Architecture(
     name="gemma4",
     title="Gemma 4",
@@ -320,6 +395,8 @@ GEMMA4 = Architecture(
     },
     hf_backbone_config=hf_backbone_config,
     parameter_count=parameter_count,
-    export_formats=frozenset({"keras", "safetensors"}),
+    export_formats=frozenset({"keras", "safetensors", "gguf"}),
     layers_differ=True,
+    gguf_metadata=gguf_metadata,
+    gguf_visible_pieces=GGUF_VISIBLE_PIECES,
 )

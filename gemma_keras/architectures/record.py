@@ -68,6 +68,12 @@ class Architecture:
         parameter_count: the text model's parameters for a backbone config,
             for records with `hf_backbone_config` (their layers differ, so
             the Gemma 1-3 shape table does not describe them).
+        gguf_metadata: for records whose layers differ, llama.cpp's
+            `<gguf arch>.*` keys (names without the prefix) and any extra
+            tensors, for a backbone config; the GGUF writer then takes the
+            weights from the architecture's table.
+        gguf_visible_pieces: control pieces llama.cpp's converter stores as
+            user-defined, so that its chat parser sees them in the text.
     """
 
     name: str
@@ -97,6 +103,8 @@ class Architecture:
     export_formats: frozenset[str] = frozenset({"keras", "safetensors", "gguf"})
     layers_differ: bool = False
     trainable: bool = True
+    gguf_metadata: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]] | None = None
+    gguf_visible_pieces: frozenset[str] = frozenset()
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""

@@ -1,9 +1,11 @@
 """Writes a model as a llama.cpp GGUF file with gguf-py's `GGUFWriter`.
 
 The file follows what llama.cpp's `convert_hf_to_gguf.py` writes for Gemma,
-Gemma 2 and Gemma 3: its tensor names (from `gemma_keras.tensor_map`), RMSNorm
-weights stored as `1 + w`, the `<arch>.*` hyperparameters and a
-SentencePiece-style vocabulary (`tokenizer.ggml.model = "llama"`).
+Gemma 2 and Gemma 3: its tensor names (from `gemma_keras.formats.tensor_names`),
+RMSNorm weights stored as `1 + w`, the `<arch>.*` hyperparameters and a
+SentencePiece-style vocabulary (`tokenizer.ggml.model = "llama"`). For Gemma 4,
+whose layers differ, the record gives the keys (`Architecture.gguf_metadata`)
+and the weights come from its table (`formats.layer_tables`), unshifted.
 
 dtypes, as llama.cpp's converter does them:
 
@@ -32,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from gemma_keras.architectures.record import Architecture
-from gemma_keras.errors import ExportError
+from gemma_keras.errors import ExportError, UnsupportedModelError
 from gemma_keras.formats.gguf_header import read_header
+from gemma_keras.formats.layer_tables import TABLES, gguf_name, read_rows
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.staging import Kind
 from gemma_keras.formats.tensor_names import read_backbone, to_gguf_norm
@@ -86,10 +89,65 @@ def write_gguf(causal_lm, tokenizer, info: ModelInfo, path: Path, dtype: str = "
             f"llama.cpp always uses sliding-window attention for {arch.title}; this model does not."
         )
 
+    if arch.gguf_metadata is not None:  # layers differ: the architecture's keys and table (Gemma 4)
+        try:
+            keys, extra = arch.gguf_metadata(cfg)
+        except UnsupportedModelError as exc:
+            raise ExportError(f"This {arch.title} model cannot be written as GGUF: {exc}") from None
+        tensors = _table_tensors(backbone, arch, extra)
+    else:
+        keys, tensors = None, ((name, to_gguf_norm(array)) for name, array in read_backbone(backbone))
+
     writer = gguf.GGUFWriter(os.fspath(path), arch.gguf_arch)
     writer.add_type("model")
     writer.add_name(f"{arch.gguf_arch} exported by gemma_keras")
     writer.add_uint32(EXPORT_KEY, EXPORT_VERSION)
+    if keys is not None:
+        writer.add_context_length(info.context_length)
+        _add_keys(writer, arch.gguf_arch, keys)
+    else:
+        _add_gemma_hyperparameters(writer, arch, cfg, info)
+    writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[dtype]])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_proto_vocabulary(writer, tokenizer.proto, arch.gguf_visible_pieces)
+
+    for name, array in tensors:
+        # llama.cpp's converter keeps Gemma 4's MoE router in float32 at any output type.
+        data, raw_dtype = encode(array, "f32" if name.endswith(".ffn_gate_inp.weight") else dtype)
+        writer.add_tensor(name, data, raw_dtype=raw_dtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _table_tensors(backbone, arch: Architecture, extra: dict[str, np.ndarray]):
+    """`(llama.cpp name, array)` for every weight, from the architecture's table, then the extra tensors.
+
+    llama.cpp stores these architectures' norms as transformers does (no `1 + w` shift).
+    """
+    yield from extra.items()
+    for entry, layer, array in read_rows(backbone, TABLES[arch.name]):
+        yield gguf_name(entry, layer), array
+
+
+def _add_keys(writer, prefix: str, keys: dict) -> None:
+    """`<prefix>.<name>` keys typed as llama.cpp's converter writes them."""
+    for name, value in keys.items():
+        key = f"{prefix}.{name}"
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        elif isinstance(value, list):
+            writer.add_array(key, value)
+        else:
+            raise TypeError(f"gemma_keras bug: GGUF key {key} has a value of type {type(value).__name__}.")
+
+
+def _add_gemma_hyperparameters(writer, arch: Architecture, cfg: dict, info: ModelInfo) -> None:
     add_hyperparameters(
         writer,
         arch,
@@ -106,17 +164,6 @@ def write_gguf(causal_lm, tokenizer, info: ModelInfo, path: Path, dtype: str = "
         final_softcap=cfg.get("final_logit_soft_cap"),
         rope_scaling=cfg.get("global_rope_scaling_factor", 1.0) or 1.0,
     )
-    writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[dtype]])
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_proto_vocabulary(writer, tokenizer.proto)
-
-    for name, array in read_backbone(backbone):
-        data, raw_dtype = encode(to_gguf_norm(array), dtype)
-        writer.add_tensor(name, data, raw_dtype=raw_dtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 def add_hyperparameters(
@@ -189,12 +236,14 @@ def add_vocabulary(
     writer.add_add_space_prefix(add_space_prefix)
 
 
-def _add_proto_vocabulary(writer, proto: bytes) -> None:
+def _add_proto_vocabulary(writer, proto: bytes, visible: frozenset[str] = frozenset()) -> None:
     """Our SentencePiece model as GGUF tokenizer keys.
 
-    Pieces, types and scores are written as the model holds them. A model
-    imported from GGUF has scores that follow piece order (see
-    `gemma_keras.tokenizer`), which is the merge order it tokenizes with.
+    Pieces, types and scores are written as the model holds them, except
+    that the control pieces in `visible` become user-defined, as llama.cpp's
+    converter writes them. A model imported from GGUF has scores that follow
+    piece order (see `gemma_keras.tokenizer`), which is the merge order it
+    tokenizes with.
     """
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
@@ -205,7 +254,7 @@ def _add_proto_vocabulary(writer, proto: bytes) -> None:
         writer,
         [p.piece for p in model.pieces],
         [float(p.score) for p in model.pieces],
-        [int(p.type) for p in model.pieces],
+        [4 if p.piece in visible else int(p.type) for p in model.pieces],  # 4: USER_DEFINED
         {"bos_id": spec.bos_id, "eos_id": spec.eos_id, "unk_id": spec.unk_id, "pad_id": spec.pad_id},
         bool(model.normalizer_spec.add_dummy_prefix),
     )

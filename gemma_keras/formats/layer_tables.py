@@ -104,7 +104,7 @@ def to_keras(array: np.ndarray, layout: str, shape: tuple[int, ...]) -> np.ndarr
 
 
 def from_keras(array: np.ndarray, layout: str) -> np.ndarray:
-    """The inverse of `to_keras` (the expert halves are joined by `read_table`)."""
+    """The inverse of `to_keras` (the expert halves are joined by `read_rows`)."""
     if layout == "heads_in":  # (heads, hidden, dim) -> (heads * dim, hidden)
         heads, hidden, dim = array.shape
         return array.transpose(0, 2, 1).reshape(heads * dim, hidden)
@@ -287,11 +287,12 @@ def fill_table(
         )
 
 
-def read_table(backbone, table: Table) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields `(transformers name without "model.", float32 array)` for every text weight.
+def read_rows(backbone, table: Table) -> Iterator[tuple[Tensor, int | None, np.ndarray]]:
+    """Yields `(row, block index or None, float32 array in transformers' layout)` for every text weight.
 
     Reads `kernel` attributes, which hold LoRA's update merged in, so an
-    export carries the fine-tuned weights.
+    export carries the fine-tuned weights. An expert bank's gate and up
+    halves come back joined, as transformers and llama.cpp store them.
     """
     from keras import ops
 
@@ -301,7 +302,7 @@ def read_table(backbone, table: Table) -> Iterator[tuple[str, np.ndarray]]:
     for entry in table.top:
         variable = _attribute(backbone, entry.keras)
         if variable is not None:
-            yield entry.hf, from_keras(numpy(variable), entry.layout)
+            yield entry, None, from_keras(numpy(variable), entry.layout)
     for i, block in enumerate(_attribute(backbone, table.blocks)):
         interrupts.check()  # a pending SIGINT/SIGTERM stops an export between layers
         halves: dict[str, list[np.ndarray]] = {}
@@ -314,6 +315,12 @@ def read_table(backbone, table: Table) -> Iterator[tuple[str, np.ndarray]]:
             if entry.layout.startswith("experts_") and entry.layout.endswith("_half"):
                 halves.setdefault(entry.hf, []).append(value)  # first half, then second: the table's order
                 if len(halves[entry.hf]) == 2:
-                    yield f"layers.{i}.{entry.hf}", np.concatenate(halves.pop(entry.hf), axis=1)
+                    yield entry, i, np.concatenate(halves.pop(entry.hf), axis=1)
             else:
-                yield f"layers.{i}.{entry.hf}", value
+                yield entry, i, value
+
+
+def read_table(backbone, table: Table) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields `(transformers name without "model.", float32 array)` for every text weight."""
+    for entry, layer, array in read_rows(backbone, table):
+        yield (entry.hf if layer is None else f"layers.{layer}.{entry.hf}"), array
