@@ -112,7 +112,13 @@ GEMMA4_BASE = dict(
 GEMMA4_VARIANTS = {
     "dense": {},
     # E2B/E4B-style: per-layer inputs, and the last two layers read earlier layers' keys and values.
-    "kv_shared": dict(hidden_size_per_layer_input=4, num_kv_shared_layers=2),
+    # As in the real models, the last layer with a cache is global and the one before slides:
+    # llama.cpp assumes that order when it maps shared layers to their source.
+    "kv_shared": dict(
+        hidden_size_per_layer_input=4,
+        num_kv_shared_layers=2,
+        layer_types=["sliding_attention"] * 3 + ["full_attention", "sliding_attention", "full_attention"],
+    ),
     # 26B-A4B-style: a mixture of experts beside the dense MLP; global layers reuse keys as values.
     "moe": dict(
         enable_moe_block=True,
@@ -181,7 +187,13 @@ def write_tiny_gemma4(out_dir: Path, variant: str, proto: bytes, vocab_size: int
         **{**GEMMA4_BASE, **GEMMA4_VARIANTS[variant]},
     )
     torch.manual_seed(seed)
-    model = Gemma4ForCausalLM(config).eval()
+    return _save_perturbed(Gemma4ForCausalLM(config).eval(), out_dir, proto, dtype)
+
+
+def _save_perturbed(model, out_dir: Path, proto: bytes, dtype=None):
+    """Perturbs every weight (and Gemma 4's layer scalars), saves the model and the tokenizer; returns the model."""
+    import torch
+
     with torch.no_grad():
         for _, parameter in model.named_parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
@@ -198,7 +210,7 @@ def write_tiny_gemma4(out_dir: Path, variant: str, proto: bytes, vocab_size: int
 GEMMA3N_TOKENS = ["<image_soft_token>", "<audio_soft_token>", "<start_of_audio>", "<end_of_audio>"]
 
 
-def write_tiny_gemma3n(out_dir: Path, proto: bytes, vocab_size: int, seed: int = 0):
+def write_tiny_gemma3n(out_dir: Path, proto: bytes, vocab_size: int, seed: int = 0, dtype=None):
     """A random `Gemma3nForCausalLM` (AltUp, LAuReL, per-layer inputs, activation sparsity, two KV-shared
     layers) saved with `save_pretrained`, with the tokenizer; every weight perturbed. Returns the model."""
     import torch
@@ -224,10 +236,4 @@ def write_tiny_gemma3n(out_dir: Path, proto: bytes, vocab_size: int, seed: int =
         max_position_embeddings=512,
     )
     torch.manual_seed(seed)
-    model = Gemma3nForCausalLM(config).eval()
-    with torch.no_grad():
-        for _, parameter in model.named_parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    model.save_pretrained(str(out_dir))
-    save_tiny_tokenizer(out_dir, proto)
-    return model
+    return _save_perturbed(Gemma3nForCausalLM(config).eval(), out_dir, proto, dtype)

@@ -57,6 +57,60 @@ def test_logits_and_greedy_tokens_match_transformers(checkpoint, lm):
     assert generate_ids(lm, prompts, 16) == want  # batched, rows of different lengths
 
 
+def test_gguf_from_llama_cpp_converter_matches_transformers():
+    """`tests/data/converted/gemma3n.gguf`: what llama.cpp's converter wrote from the checkpoint beside it
+    (stacked AltUp projections, activation sparsity stored as normal quantiles, LAuReL rank from a shape)."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    data = Path(__file__).parent / "data" / "converted"
+    lm = gk.load(data / "gemma3n.gguf")
+    assert lm.info.architecture == "gemma3n"
+    hf = AutoModelForCausalLM.from_pretrained(str(data / "gemma3n"), dtype=torch.float32).eval()
+    assert lm.backbone.get_config()["activation_sparsity_pattern"] == [0.95, 0.95, 0.0, 0.0, 0.0, 0.0]
+    prompts = [lm.tokenizer.encode(p) for p in PROMPTS]
+    want = []
+    for ids in prompts:
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0, -1].numpy()
+            out = hf.generate(
+                torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
+            )
+        assert np.abs(lm.logits(ids) - logits).max() < 1e-4
+        want.append(out[0, len(ids) :].tolist())
+    assert generate_ids(lm, prompts, 16) == want
+
+
+def test_a_gemma3n_gguf_with_a_missing_tensor_is_refused(tmp_path):
+    """The tensors must hold what the metadata implies; one tensor less is a named error, not a crash."""
+    from pathlib import Path
+
+    import gguf
+
+    from gemma_keras.errors import GGUFError
+
+    source = gguf.GGUFReader(Path(__file__).parent / "data" / "converted" / "gemma3n.gguf")
+    writer = gguf.GGUFWriter(str(tmp_path / "short.gguf"), "gemma3n")
+    for key, field in source.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        kind = field.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(key, field.contents(), kind, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(key, field.contents(), kind)
+    for tensor in source.tensors:
+        if tensor.name != "blk.0.laurel_r.weight":
+            writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(GGUFError, match="parameters"):
+        gk.load(tmp_path / "short.gguf")
+
+
 def test_kv_shared_layers_hold_no_cache(lm):
     cache = lm.runner.new_cache(1, 32)
     assert len(cache) == 6 - 2

@@ -1,9 +1,9 @@
 """Gemma 4 GGUF files that llama.cpp's own converter wrote, against transformers on the same checkpoint.
 
-`tests/data/gemma4/` holds two tiny random checkpoints (per-layer inputs
+`tests/data/converted/` holds two tiny random Gemma 4 checkpoints (per-layer inputs
 with KV-shared layers; MoE with keys reused as values), as transformers
 saved them, and the GGUF `convert_hf_to_gguf.py` made of each
-(`tests/data/gemma4/make.py` says how). They are committed because
+(`tests/data/converted/make.py` says how). They are committed because
 llama.cpp's converter is not a dependency: CI reads what it wrote.
 """
 
@@ -20,7 +20,7 @@ from gemma_keras.errors import GGUFError
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-DATA = Path(__file__).parent / "data" / "gemma4"
+DATA = Path(__file__).parent / "data" / "converted"
 VARIANTS = ("kv_shared", "moe")
 PROMPT = "the capital of France is Paris and the model of the world"
 

@@ -9,6 +9,7 @@ Gemma 3's.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gemma_keras.architectures.chat_format import GEMMA_TURNS
@@ -17,6 +18,7 @@ from gemma_keras.architectures.record import Architecture, GGUFKey
 from gemma_keras.errors import SourceError, UnsupportedModelError
 
 _FULL, _SLIDING = "full_attention", "sliding_attention"
+GEMMA3N_ROPE_BASE = 1_000_000.0
 
 
 def hf_backbone_config(config: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
@@ -102,10 +104,84 @@ def parameter_count(config: dict[str, Any]) -> int:
     return total
 
 
-def _no_gguf(key: GGUFKey, num_layers: int) -> dict[str, Any]:
-    raise UnsupportedModelError(
-        "gemma_keras does not read Gemma 3n GGUF files yet; load the transformers checkpoint directory."
-    )
+def gguf_backbone_config(key: GGUFKey, num_layers: int) -> dict[str, Any]:
+    """The Gemma 3n entries of a backbone config, from llama.cpp's `gemma3n.*` keys.
+
+    The sizes Gemma 1-4 share keep their names here (`keras_config` renames
+    them). llama.cpp stores each layer's activation sparsity as the normal
+    quantile it cuts at; the LAuReL rank is the width of a LAuReL tensor.
+    """
+    pattern = key("attention.sliding_window_pattern", required=True)
+    if not isinstance(pattern, list) or len(pattern) != num_layers:
+        raise SourceError(f"gemma3n.attention.sliding_window_pattern must list {num_layers} flags.")
+    widths = key("feed_forward_length", required=True)
+    widths = [int(w) for w in widths] if isinstance(widths, list) else [int(widths)] * num_layers
+    kv = key("attention.head_count_kv", required=True)
+    if isinstance(kv, list):
+        if len(set(kv)) != 1:
+            raise UnsupportedModelError(
+                "gemma3n.attention.head_count_kv varies by layer; Gemma 3n's does not."
+            )
+        kv = kv[0]
+    scales = key("activation_sparsity_scale")
+    if scales is not None and (not isinstance(scales, list) or len(scales) != num_layers):
+        raise SourceError(f"gemma3n.activation_sparsity_scale must list {num_layers} numbers.")
+    laurel = key("shape:blk.0.laurel_l.weight")
+    if laurel is None or len(laurel) != 2:
+        raise SourceError("the tensor blk.0.laurel_l.weight is missing or not a matrix.")
+    swa = key("rope.freq_base_swa", 10_000.0)
+    return {
+        "num_key_value_heads": int(kv),
+        "head_dim": int(key("attention.key_length", required=True)),
+        "intermediate_dim": max(widths),  # for the size checks; the backbone takes the list
+        "intermediate_size": widths,
+        "layer_types": [_SLIDING if s else _FULL for s in pattern],
+        "sliding_window": int(key("attention.sliding_window", 512)),
+        "rope_theta": float(key("rope.freq_base", GEMMA3N_ROPE_BASE)),
+        "rope_local_base_freq": float(swa),
+        "hidden_size_per_layer_input": int(key("embedding_length_per_layer_input", required=True)),
+        "altup_num_inputs": int(key("altup.num_inputs", 4)),
+        "altup_active_idx": int(key("altup.active_idx", 0)),
+        "altup_coef_clip": 120.0,  # transformers' default; it clips only while training
+        "altup_correct_scale": True,
+        "laurel_rank": int(laurel[0]),
+        "activation_sparsity_pattern": (
+            None if scales is None else [round(_normal_cdf(float(z)), 6) for z in scales]
+        ),
+        "num_kv_shared_layers": int(key("attention.shared_kv_layers", 0) or 0),
+        "final_logit_soft_cap": key("final_logit_softcapping"),
+        "hidden_activation": "gelu_approximate",
+        "max_position_embeddings": int(key("context_length", 32768)),
+        "pad_token_id": 0,
+        "vision_encoder_config": None,
+        "audio_encoder_config": None,
+    }
+
+
+def _normal_cdf(z: float) -> float:
+    """The standard normal CDF (0 at -inf), the inverse of the quantile llama.cpp stores."""
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+# Gemma 1-4's size names -> Gemma3nBackbone's; None: Gemma 3n takes that size in another form.
+KERAS_NAMES = {
+    "vocabulary_size": "text_vocab_size",
+    "num_layers": "num_hidden_layers",
+    "num_query_heads": "num_attention_heads",
+    "hidden_dim": "text_hidden_size",
+    "layer_norm_epsilon": "rms_norm_eps",
+    "intermediate_dim": None,
+}
+
+
+def keras_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`Gemma3nBackbone` arguments for a config in Gemma 1-4's size names (as the GGUF reader builds it)."""
+    if "text_hidden_size" in config:  # already the backbone's own
+        return config
+    renamed = {KERAS_NAMES.get(k, k): v for k, v in config.items() if KERAS_NAMES.get(k, k) is not None}
+    # llama.cpp pads the per-layer table to the whole vocabulary
+    renamed.setdefault("vocab_size_per_layer_input", renamed["text_vocab_size"])
+    return renamed
 
 
 def hf_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +232,7 @@ GEMMA3N = Architecture(
     gguf_arch="gemma3n",
     hf_model_type="gemma3n_text",
     hf_class="Gemma3nForCausalLM",
-    rope_base=1_000_000.0,
+    rope_base=GEMMA3N_ROPE_BASE,
     halved_ffn=False,
     large_model_layers=None,
     global_every=None,
@@ -165,7 +241,8 @@ GEMMA3N = Architecture(
     chat_format=GEMMA_TURNS,
     plain_torch=False,
     context_length=lambda config: int(config.get("max_position_embeddings") or 32768),
-    gguf_config=_no_gguf,
+    gguf_config=gguf_backbone_config,
+    keras_config=keras_config,
     hf_config=hf_config,
     matches=lambda cls, config: cls == "Gemma3nBackbone" or (cls is None and "altup_num_inputs" in config),
     hf_backbone_config=hf_backbone_config,

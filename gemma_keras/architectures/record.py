@@ -14,7 +14,9 @@ from typing import Any
 
 from gemma_keras.architectures.chat_format import TurnFormat
 
-# `key(name, default=None, required=False)` reads `<gguf arch>.<name>` from a GGUF file.
+# `key(name, default=None, required=False)` reads `<gguf arch>.<name>` from a GGUF file; two names
+# read tensors instead: "rope_freqs" gives that tensor's values, "shape:<tensor name>" its shape
+# (None when the file has no such tensor).
 GGUFKey = Callable[..., Any]
 
 
@@ -74,6 +76,9 @@ class Architecture:
             weights from the architecture's table.
         gguf_visible_pieces: control pieces llama.cpp's converter stores as
             user-defined, so that its chat parser sees them in the text.
+        keras_config: the backbone's arguments for a config in Gemma 1-4's
+            size names, which GGUF reading and the size checks use (Gemma 3n
+            names its sizes its own way).
     """
 
     name: str
@@ -105,6 +110,7 @@ class Architecture:
     trainable: bool = True
     gguf_metadata: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]] | None = None
     gguf_visible_pieces: frozenset[str] = frozenset()
+    keras_config: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda config: config)
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""

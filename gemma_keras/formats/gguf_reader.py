@@ -149,7 +149,7 @@ def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
     heads = sized("attention.head_count", SIZES["num_query_heads"], required=True)
     if arch.layers_differ:  # per-layer arrays: the record reads them, and check_backbone_config bounds them
         kv_heads, head_dim, ffn = heads, max(hidden // heads, 1), 0
-        key = _with_rope_freqs(key, header, path)
+        key = _with_tensors(key, header, path)
     else:
         kv_heads = sized("attention.head_count_kv", SIZES["num_key_value_heads"], heads)
         head_dim = sized("attention.key_length", SIZES["head_dim"], max(hidden // heads, 1))
@@ -201,7 +201,7 @@ def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
     return GGUFModel(
         path=path,
         arch=arch,
-        backbone_config=config,
+        backbone_config=arch.keras_config(config),
         context_length=context,
         tokens=list(tokens),
         token_types=[int(t) for t in types],
@@ -211,10 +211,14 @@ def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
     )
 
 
-def _with_rope_freqs(key, header: GGUFHeader, path: Path):
-    """`key`, which also gives the `rope_freqs` tensor's values (llama.cpp's partial-RoPE table)."""
+def _with_tensors(key, header: GGUFHeader, path: Path):
+    """`key`, which also gives the `rope_freqs` tensor's values (llama.cpp's partial-RoPE table)
+    and, for "shape:<name>", a tensor's shape (sizes the metadata does not state)."""
 
     def read(name, default=None, required=False):
+        if name.startswith("shape:"):
+            tensor = next((t for t in header.tensors if t.name == name[len("shape:") :]), None)
+            return None if tensor is None else tuple(tensor.shape)
         if name != "rope_freqs":
             return key(name, default, required)
         tensor = next((t for t in header.tensors if t.name == "rope_freqs.weight"), None)
@@ -234,7 +238,7 @@ def _check_parameters(path: Path, header: GGUFHeader, arch: Architecture, config
     filled; this bounds what building the model allocates before that.
     """
     held = sum(int(np.prod(t.shape)) for t in header.tensors if t.name != "rope_freqs.weight")
-    implied = arch.parameter_count(config)
+    implied = arch.parameter_count(arch.keras_config(config))
     if implied != held:
         raise GGUFError(
             f"{path}: the metadata implies a {arch.title} model of {implied:,} parameters, but the tensors "

@@ -6,10 +6,11 @@ Gemma 4 global layer whose keys are reused as values has no value
 projection, and only per-layer-input and MoE models have those weights.
 `fill_table` fills exactly the variables the KerasHub backbone built, each
 from the tensor of its row, and fails on any variable no row names.
+llama.cpp stacks Gemma 3n's AltUp projections into one tensor each, so those
+rows say which slice is theirs.
 (Gemma 1-3 use `tensor_names.py`, where every block is alike.)
 
-llama.cpp's names (`gguf`) are the ones its `convert_hf_to_gguf.py` writes;
-the GGUF reader uses Gemma 4's.
+llama.cpp's names (`gguf`) are the ones its `convert_hf_to_gguf.py` writes.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ from gemma_keras import interrupts
 
 @dataclass(frozen=True)
 class Tensor:
-    """One weight: llama.cpp's name, the KerasHub attribute path, its layout, transformers' name."""
+    """One weight: llama.cpp's name, the KerasHub attribute path, its layout, transformers' name.
+
+    `stacked`: llama.cpp stacks the rows that share this `gguf` name into one
+    tensor, and this row is slice `stacked` of it (Gemma 3n's AltUp projections).
+    """
 
     gguf: str
     keras: str
     layout: str
     hf: str
+    stacked: int | None = None
 
 
 # Weights outside the blocks: the KerasHub attribute path starts at the backbone.
@@ -124,7 +130,11 @@ def from_keras(array: np.ndarray, layout: str) -> np.ndarray:
 # indices a model does not have are skipped like any absent weight.
 _ALTUP = tuple(
     Tensor(
-        "altup_proj", f"language_model.altup_projections.{i}.kernel", "dense", f"altup_projections.{i}.weight"
+        "altup_proj",
+        f"language_model.altup_projections.{i}.kernel",
+        "dense",
+        f"altup_projections.{i}.weight",
+        stacked=i,
     )
     for i in range(8)
 ) + tuple(
@@ -133,6 +143,7 @@ _ALTUP = tuple(
         f"language_model.altup_unembed_projections.{i}.kernel",
         "dense",
         f"altup_unembed_projections.{i}.weight",
+        stacked=i,
     )
     for i in range(8)
 )
@@ -255,6 +266,10 @@ def fill_table(
         if variable is None:
             return
         array = np.asarray(get(hf))
+        if names == "gguf" and entry.stacked is not None:
+            if array.ndim != 3 or entry.stacked >= array.shape[0]:
+                raise mismatch(hf, array.shape, (entry.stacked + 1, *variable.shape))
+            array = array[entry.stacked]
         try:
             value = to_keras(array, entry.layout, tuple(variable.shape))
         except ValueError:  # a reshape the variable's shape does not allow

@@ -39,6 +39,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gemma_keras.architectures.gemma3n import KERAS_NAMES
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.architectures.registry import by_hf_model_type, of_config
 from gemma_keras.checks import is_integer, is_number
@@ -440,12 +441,9 @@ def _check_hf_checkpoint(path: Path, config: dict) -> Architecture:
 
 
 # Gemma 3n's KerasHub config names its sizes differently.
-_ALIASES = {
-    "text_vocab_size": "vocabulary_size",
-    "num_hidden_layers": "num_layers",
-    "num_attention_heads": "num_query_heads",
-    "text_hidden_size": "hidden_dim",
-    "intermediate_size": "intermediate_dim",
+# Gemma 3n's size names -> Gemma 1-4's.
+_ALIASES = {ours: theirs for theirs, ours in KERAS_NAMES.items() if ours} | {
+    "intermediate_size": "intermediate_dim"
 }
 
 
