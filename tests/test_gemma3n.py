@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
-from gemma_keras.errors import ExportError
 from tests.conftest import generate_ids
 from tests.hf_reference import GEMMA3N_TOKENS, tiny_proto, write_tiny_gemma3n
 
@@ -82,6 +81,37 @@ def test_gguf_from_llama_cpp_converter_matches_transformers():
     assert generate_ids(lm, prompts, 16) == want
 
 
+def test_gguf_export_writes_what_llama_cpp_converter_writes(tmp_path):
+    """Our export of the checkpoint the converter read: the same tensors (name, type, shape) and
+    `gemma3n.*` keys (value and type), and it reloads with the same logits."""
+    from pathlib import Path
+
+    import gguf
+
+    data = Path(__file__).parent / "data" / "converted"
+    lm = gk.load(data / "gemma3n")
+    out = lm.export(tmp_path / "model.gguf")
+    ref, mine = gguf.GGUFReader(data / "gemma3n.gguf"), gguf.GGUFReader(out)
+
+    def tensors(reader):
+        return {t.name: (t.tensor_type.name, [int(n) for n in t.shape]) for t in reader.tensors}
+
+    def keys(reader):
+        return {
+            k: (
+                np.asarray(f.contents(), dtype=float).round(5).tolist() if "sparsity" in k else f.contents(),
+                [int(t) for t in f.types],
+            )
+            for k, f in reader.fields.items()
+            if k.startswith("gemma3n.")
+        }
+
+    assert tensors(mine) == tensors(ref)
+    assert keys(mine) == keys(ref)
+    ids = lm.tokenizer.encode(PROMPTS[0])
+    np.testing.assert_allclose(gk.load(out).logits(ids), lm.logits(ids), atol=1e-5)  # float16 both
+
+
 def test_a_gemma3n_gguf_with_a_missing_tensor_is_refused(tmp_path):
     """The tensors must hold what the metadata implies; one tensor less is a named error, not a crash."""
     from pathlib import Path
@@ -137,8 +167,6 @@ def test_save_reload_and_safetensors_export(tmp_path, lm):
     with torch.no_grad():
         np.testing.assert_allclose(hf(torch.tensor([ids])).logits[0, -1].numpy(), want, atol=1e-4)
     np.testing.assert_allclose(gk.load(tmp_path / "hf").logits(ids), want, atol=1e-5)
-    with pytest.raises(ExportError, match="format='keras'"):
-        lm.export(tmp_path / "m.gguf")
 
 
 def test_finetune_then_export_reloads_in_transformers(tmp_path, checkpoint):
@@ -173,3 +201,7 @@ def test_finetune_then_export_reloads_in_transformers(tmp_path, checkpoint):
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
     with torch.no_grad():
         np.testing.assert_allclose(hf(torch.tensor([ids])).logits[0, -1].numpy(), after, atol=1e-4)
+    # and as GGUF (float32: no rounding), which reloads with the same logits
+    np.testing.assert_allclose(
+        gk.load(lm.export(tmp_path / "m.gguf", dtype="f32")).logits(ids), after, atol=1e-4
+    )

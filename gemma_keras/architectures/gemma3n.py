@@ -10,6 +10,7 @@ Gemma 3's.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any
 
 from gemma_keras.architectures.chat_format import GEMMA_TURNS
@@ -160,7 +161,40 @@ def gguf_backbone_config(key: GGUFKey, num_layers: int) -> dict[str, Any]:
 
 def _normal_cdf(z: float) -> float:
     """The standard normal CDF (0 at -inf), the inverse of the quantile llama.cpp stores."""
-    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+    return 0.0 if z == -math.inf else NormalDist().cdf(z)
+
+
+def gguf_metadata(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """llama.cpp's `gemma3n.*` keys for a `Gemma3nBackbone` config (`gguf_backbone_config`'s inverse)."""
+    layers = config["num_hidden_layers"]
+    widths = config["intermediate_size"]
+    widths = [int(w) for w in widths] if isinstance(widths, (list, tuple)) else [int(widths)] * layers
+    sparsity = config.get("activation_sparsity_pattern") or [0.0] * layers
+    keys: dict[str, Any] = {
+        "block_count": layers,
+        "embedding_length": config["text_hidden_size"],
+        "feed_forward_length": widths,
+        "attention.head_count": config["num_attention_heads"],
+        "attention.head_count_kv": config["num_key_value_heads"],
+        "rope.freq_base": float(config["rope_theta"]),
+        "rope.freq_base_swa": float(config["rope_local_base_freq"]),
+        "attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
+        "attention.key_length": config["head_dim"],
+        "attention.value_length": config["head_dim"],
+        "attention.sliding_window": config["sliding_window"],
+        "altup.active_idx": config["altup_active_idx"],
+        "altup.num_inputs": config["altup_num_inputs"],
+        "embedding_length_per_layer_input": config["hidden_size_per_layer_input"],
+        "attention.shared_kv_layers": config.get("num_kv_shared_layers") or 0,
+        # llama.cpp stores the normal quantile each layer's activations are cut at.
+        "activation_sparsity_scale": [
+            float("-inf") if p <= 0 else NormalDist().inv_cdf(float(p)) for p in sparsity
+        ],
+        "attention.sliding_window_pattern": [t == _SLIDING for t in config["layer_types"]],
+    }
+    if config.get("final_logit_soft_cap"):
+        keys["final_logit_softcapping"] = float(config["final_logit_soft_cap"])
+    return keys, {}
 
 
 # Gemma 1-4's size names -> Gemma3nBackbone's; None: Gemma 3n takes that size in another form.
@@ -247,6 +281,7 @@ GEMMA3N = Architecture(
     matches=lambda cls, config: cls == "Gemma3nBackbone" or (cls is None and "altup_num_inputs" in config),
     hf_backbone_config=hf_backbone_config,
     parameter_count=parameter_count,
-    export_formats=frozenset({"keras", "safetensors"}),
+    export_formats=frozenset({"keras", "safetensors", "gguf"}),
     layers_differ=True,
+    gguf_metadata=gguf_metadata,
 )

@@ -5,7 +5,7 @@ Gemma 2 and Gemma 3: its tensor names (from `gemma_keras.formats.tensor_names`),
 RMSNorm weights stored as `1 + w`, the `<arch>.*` hyperparameters and a
 SentencePiece-style vocabulary (`tokenizer.ggml.model = "llama"`). For Gemma 4,
 whose layers differ, the record gives the keys (`Architecture.gguf_metadata`)
-and the weights come from its table (`formats.layer_tables`), unshifted.
+and the weights come from its table (`formats.layer_tables`), unshifted (Gemma 3n too).
 
 dtypes, as llama.cpp's converter does them:
 
@@ -79,23 +79,14 @@ def write_gguf(causal_lm, tokenizer, info: ModelInfo, path: Path, dtype: str = "
     arch = info.arch
     backbone = causal_lm.backbone
     cfg = backbone.get_config()
-    if cfg.get("query_head_dim_normalize", True) != arch.queries_normalized(cfg["num_layers"]):
-        raise ExportError(
-            f"This {arch.title} model scales queries differently from what llama.cpp infers from its "
-            f"{cfg['num_layers']} layers, so a GGUF file cannot describe it. Export to safetensors instead."
-        )
-    if arch.global_every is not None and not cfg.get("use_sliding_window_attention"):
-        raise ExportError(
-            f"llama.cpp always uses sliding-window attention for {arch.title}; this model does not."
-        )
-
-    if arch.gguf_metadata is not None:  # layers differ: the architecture's keys and table (Gemma 4)
+    if arch.gguf_metadata is not None:  # layers differ: the architecture's keys and table (Gemma 3n, 4)
         try:
             keys, extra = arch.gguf_metadata(cfg)
         except UnsupportedModelError as exc:
             raise ExportError(f"This {arch.title} model cannot be written as GGUF: {exc}") from None
-        tensors = _table_tensors(backbone, arch, extra)
+        tensors = _table_tensors(backbone, arch, extra, tokenizer.vocabulary_size)
     else:
+        _check_gemma_config(arch, cfg)
         keys, tensors = None, ((name, to_gguf_norm(array)) for name, array in read_backbone(backbone))
 
     writer = gguf.GGUFWriter(os.fspath(path), arch.gguf_arch)
@@ -112,8 +103,7 @@ def write_gguf(causal_lm, tokenizer, info: ModelInfo, path: Path, dtype: str = "
     _add_proto_vocabulary(writer, tokenizer.proto, arch.gguf_visible_pieces)
 
     for name, array in tensors:
-        # llama.cpp's converter keeps Gemma 4's MoE router in float32 at any output type.
-        data, raw_dtype = encode(array, "f32" if name.endswith(".ffn_gate_inp.weight") else dtype)
+        data, raw_dtype = encode(array, "f32" if name.endswith(_KEPT_F32) else dtype)
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -121,14 +111,43 @@ def write_gguf(causal_lm, tokenizer, info: ModelInfo, path: Path, dtype: str = "
     writer.close()
 
 
-def _table_tensors(backbone, arch: Architecture, extra: dict[str, np.ndarray]):
-    """`(llama.cpp name, array)` for every weight, from the architecture's table, then the extra tensors.
+# Matrices llama.cpp's converter keeps in float32 at any output type: Gemma 4's MoE router and
+# Gemma 3n's AltUp coefficients.
+_KEPT_F32 = (".ffn_gate_inp.weight", ".altup_correct_coef.weight", ".altup_predict_coef.weight")
 
-    llama.cpp stores these architectures' norms as transformers does (no `1 + w` shift).
+
+def _check_gemma_config(arch: Architecture, cfg: dict) -> None:
+    """Gemma 1-3 settings llama.cpp infers rather than reads, which the model must therefore have."""
+    if cfg.get("query_head_dim_normalize", True) != arch.queries_normalized(cfg["num_layers"]):
+        raise ExportError(
+            f"This {arch.title} model scales queries differently from what llama.cpp infers from its "
+            f"{cfg['num_layers']} layers, so a GGUF file cannot describe it. Export to safetensors instead."
+        )
+    if arch.global_every is not None and not cfg.get("use_sliding_window_attention"):
+        raise ExportError(
+            f"llama.cpp always uses sliding-window attention for {arch.title}; this model does not."
+        )
+
+
+def _table_tensors(backbone, arch: Architecture, extra: dict[str, np.ndarray], vocab: int):
+    """`(llama.cpp name, array)` for the extra tensors, then every weight from the architecture's table.
+
+    llama.cpp stores these architectures' norms as transformers does (no `1 + w` shift), stacks
+    rows that share a name (Gemma 3n's AltUp projections), and pads a per-layer table shorter
+    than the vocabulary with zero rows, as its converter does.
     """
     yield from extra.items()
+    stacks: dict[str, list[np.ndarray]] = {}
     for entry, layer, array in read_rows(backbone, TABLES[arch.name]):
-        yield gguf_name(entry, layer), array
+        name = gguf_name(entry, layer)
+        if entry.stacked is not None:
+            stacks.setdefault(name, []).append(array)
+            continue
+        if name == "per_layer_token_embd.weight" and array.shape[0] < vocab:
+            array = np.concatenate([array, np.zeros((vocab - array.shape[0], array.shape[1]), array.dtype)])
+        yield name, array
+    for name, arrays in stacks.items():
+        yield name, np.stack(arrays)
 
 
 def _add_keys(writer, prefix: str, keys: dict) -> None:
