@@ -55,6 +55,13 @@ RULES: tuple[tuple[str, tuple[Axes, ...]], ...] = (
     # per device when the axis divides their count, else each expert split along its width.
     (_BLOCK + r"moe_expert_bank/(?:gate|up)_proj", ((MODEL, None, None), (None, None, MODEL))),
     (_BLOCK + r"moe_expert_bank/down_proj", ((MODEL, None, None), (None, MODEL, None))),
+    # Gemma 3n's text model names its layers as transformers does, and its projections are
+    # Dense: (hidden, heads * head_dim) in, (heads * head_dim, hidden) out; split like Gemma's.
+    (_PREFIX + r"embed_tokens(?:_per_layer)?/embedding/embeddings", ((MODEL, None), (None, MODEL))),
+    (_BLOCK + r"attention/[qkv]_proj/kernel", ((None, MODEL),)),
+    (_BLOCK + r"attention/o_proj/kernel", ((MODEL, None),)),
+    (_BLOCK + r"mlp/(?:gate|up)_proj/kernel", ((None, MODEL),)),
+    (_BLOCK + r"mlp/down_proj/kernel", ((MODEL, None),)),
 )
 _COMPILED = tuple((re.compile(pattern), candidates) for pattern, candidates in RULES)
 
@@ -107,7 +114,7 @@ def variable_shapes(model_or_config) -> dict[str, tuple[int, ...]]:
 def _shapes_from_config(config: dict) -> dict[str, tuple[int, ...]]:
     if of_config(config).hf_backbone_config is not None:
         raise DistributionError(
-            "Gemma 4's layers differ in size, so one config block does not describe them: pass the "
+            "Gemma 3n's and 4's layers differ in size, so one config block does not describe them: pass the "
             "loaded model or its backbone to layout_map (gk.distribute needs neither)."
         )
     needed = ("vocabulary_size", "num_query_heads", "num_key_value_heads", "hidden_dim", "head_dim")

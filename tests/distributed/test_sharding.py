@@ -153,3 +153,25 @@ def test_gemma4_layers_of_every_shape_are_sharded_and_generate_as_unsharded(tiny
     for v in plain.backbone.weights:
         v.assign(values[v.path])
     assert plain.generate("hello world", max_new_tokens=8, stop_token_ids=()) == sharded
+
+
+def test_gemma3n_is_sharded_and_generates_as_unsharded():
+    """Gemma 3n's Dense projections, AltUp and per-layer tables (the GGUF llama.cpp's converter wrote)."""
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "data" / "converted" / "gemma3n.gguf"
+    gk.distribute(data_parallel=2, model_parallel=4)
+    lm = gk.load(path)
+    weights = {v.path: v for v in lm.backbone.weights}
+    for name, v in weights.items():
+        assert _spec(v) == axes_for(name, v.shape, 4), name
+    block = "text_model/decoder_block_0/"
+    assert _spec(weights[block + "attention/q_proj/kernel"]) == (None, "model")
+    assert _spec(weights[block + "attention/o_proj/kernel"]) == ("model", None)
+    assert _spec(weights[block + "mlp/down_proj/kernel"]) == ("model", None)
+    # 461 rows: the model axis does not divide the vocabulary, so the tables split by width
+    assert _spec(weights["text_model/embed_tokens/embedding/embeddings"]) == (None, "model")
+    assert _spec(weights["text_model/embed_tokens_per_layer/embedding/embeddings"]) == (None, "model")
+    sharded = lm.generate("hello world", max_new_tokens=8, stop_token_ids=())
+    gk.distribute(None)
+    assert gk.load(path).generate("hello world", max_new_tokens=8, stop_token_ids=()) == sharded
