@@ -72,6 +72,7 @@ __all__ = [
     "distribute",
     "distribution",
     "load",
+    "load_assistant",
     "serve",
     "use_backend",
 ]
@@ -97,6 +98,23 @@ def load(source: Any = None, **kwargs: Any) -> Gemma:
     from gemma_keras.sources.resolve import load as _load
 
     return _load(source, **kwargs)
+
+
+def load_assistant(source: Any, **kwargs: Any) -> Any:
+    """Loads a Gemma 4 assistant model, a draft for `generate(..., draft=assistant)`.
+
+    `source` is a transformers directory (`Gemma4AssistantForCausalLM`), a
+    Keras preset directory or a KerasHub preset name; `dtype` as for `load`.
+    See `gemma_keras.sources.assistant`.
+
+    Example:
+
+    >>> assistant = gk.load_assistant("path/to/gemma-4-e2b-it-assistant")  # doctest: +SKIP
+    >>> lm.generate("The capital of France is", draft=assistant)  # doctest: +SKIP
+    """
+    from gemma_keras.sources.assistant import load_assistant as _load_assistant
+
+    return _load_assistant(source, **kwargs)
 
 
 def serve(model: Any = None, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> int:

@@ -37,6 +37,7 @@ from gemma_keras.formats.export import export as export_model
 from gemma_keras.formats.keras_preset import rebuild
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
+from gemma_keras.generation.assistant import Assistant
 from gemma_keras.generation.chat import Chat
 from gemma_keras.generation.decode import KeptCache, Request, decode, next_token_logits
 from gemma_keras.generation.runner import Runner, make_runner
@@ -146,7 +147,7 @@ class Gemma:
         include_prompt: bool = False,
         add_bos: bool = True,
         json_schema: Mapping[str, Any] | bool | str | None = None,
-        draft: Gemma | None = None,
+        draft: Gemma | Assistant | None = None,
         lookahead: int = DEFAULT_LOOKAHEAD,
     ) -> str | list[str]:
         """Generates a continuation of one prompt or a list of prompts.
@@ -172,10 +173,10 @@ class Gemma:
         Needs llguidance (`pip install 'gemma-keras[structured]'`); see
         docs/generation.md for the schema features it supports.
 
-        `draft`, a smaller model with the same tokenizer (such as a Gemma 4
-        assistant model, or Gemma 3 270M for a larger Gemma 3), decodes
-        speculatively: it proposes `lookahead` tokens a round and this model
-        checks them in one pass. Greedy only; the output is this model's own
+        `draft`, a smaller model with the same tokenizer (such as Gemma 3
+        270M for a larger Gemma 3), or a Gemma 4 assistant made for this
+        model (`gk.load_assistant`), decodes speculatively: it proposes
+        `lookahead` tokens a round and this model checks them in one pass. Greedy only; the output is this model's own
         greedy output, token for token. `lm.last_draft_stats` tells how many
         proposals were accepted. Prompts of a list run one after another.
 
@@ -216,7 +217,7 @@ class Gemma:
         stop: str | Sequence[str] | None = None,
         add_bos: bool = True,
         json_schema: Mapping[str, Any] | bool | str | None = None,
-        draft: Gemma | None = None,
+        draft: Gemma | Assistant | None = None,
         lookahead: int = DEFAULT_LOOKAHEAD,
     ) -> Iterator[str]:
         """Yields the continuation of one prompt (text or token ids) in pieces as tokens are decoded.
@@ -349,27 +350,32 @@ class Gemma:
             warnings.warn(NotInstructionTunedWarning(not_instruction_tuned_message(self.info)), stacklevel=2)
         return chat
 
-    def _speculative(self, request: Request, draft: Gemma, lookahead: int):
+    def _speculative(self, request: Request, draft: Gemma | Assistant, lookahead: int):
         """One request's events, decoded with `draft` proposing tokens (see `generation.speculative`)."""
-        if not isinstance(draft, Gemma):
+        if isinstance(draft, Assistant):
+            runner, context = draft, self.info.context_length
+        elif isinstance(draft, Gemma):
+            if draft.tokenizer.proto != self.tokenizer.proto:
+                raise GenerationArgumentError(
+                    f"the draft {draft.info.source} has another tokenizer than {self.info.source}; a draft "
+                    "must share the model's vocabulary."
+                )
+            runner, context = draft.runner, min(self.info.context_length, draft.info.context_length)
+        else:
             raise GenerationArgumentError(
-                f"draft must be a loaded model (gk.load(...)), got {type(draft).__name__}."
+                "draft must be a loaded model (gk.load(...)) or a Gemma 4 assistant (gk.load_assistant(...)), "
+                f"got {type(draft).__name__}."
             )
-        if draft.tokenizer.proto != self.tokenizer.proto:
-            raise GenerationArgumentError(
-                f"the draft {draft.info.source} has another tokenizer than {self.info.source}; a draft "
-                "must share the model's vocabulary."
-            )
-        check_draft(request, self.runner, draft.runner, lookahead)
+        check_draft(request, self.runner, runner, lookahead)
         self.last_draft_stats = DraftStats()
         return speculative_decode(
             self.runner,
-            draft.runner,
+            runner,
             request,
             lookahead=lookahead,
             pad_id=self.tokenizer.pad_id,
             detokenize=self.tokenizer.decode,
-            context_length=min(self.info.context_length, draft.info.context_length),
+            context_length=context,
             stats=self.last_draft_stats,
         )
 

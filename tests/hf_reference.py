@@ -190,6 +190,50 @@ def write_tiny_gemma4(out_dir: Path, variant: str, proto: bytes, vocab_size: int
     return _save_perturbed(Gemma4ForCausalLM(config).eval(), out_dir, proto, dtype)
 
 
+def write_tiny_gemma4_assistant(out_dir: Path, vocab_size: int, ordered: bool = False, seed: int = 1):
+    """A random `Gemma4AssistantForCausalLM` for the tiny Gemma 4 targets (hidden 32; a sliding and a
+    global layer reading the target's keys and values), saved; every weight perturbed. Returns the model.
+
+    `ordered`: the centroid-routed output head, over 7 clusters of the vocabulary in a random order.
+    """
+    import torch
+    from transformers import Gemma4AssistantConfig, Gemma4AssistantForCausalLM
+
+    text = dict(
+        model_type="gemma4_text",
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=GEMMA4_BASE["num_key_value_heads"],
+        head_dim=GEMMA4_BASE["head_dim"],
+        global_head_dim=GEMMA4_BASE["global_head_dim"],
+        sliding_window=GEMMA4_BASE["sliding_window"],
+        layer_types=["sliding_attention", "full_attention"],
+        hidden_size_per_layer_input=0,
+        vocab_size_per_layer_input=0,
+        num_kv_shared_layers=2,
+        final_logit_softcapping=30.0,
+    )
+    config = Gemma4AssistantConfig(
+        text_config=text,
+        backbone_hidden_size=GEMMA4_BASE["hidden_size"],
+        use_ordered_embeddings=ordered,
+        num_centroids=7,
+        centroid_intermediate_top_k=2,
+    )
+    torch.manual_seed(seed)
+    model = Gemma4AssistantForCausalLM(config).eval()
+    with torch.no_grad():
+        for _, parameter in model.named_parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+        if ordered:
+            model.masked_embedding.token_ordering.copy_(torch.randperm(vocab_size))
+    model.save_pretrained(str(out_dir))
+    return model
+
+
 def _save_perturbed(model, out_dir: Path, proto: bytes, dtype=None):
     """Perturbs every weight (and Gemma 4's layer scalars), saves the model and the tokenizer; returns the model."""
     import torch

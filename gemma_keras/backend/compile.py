@@ -5,7 +5,8 @@ signature of `body(token_ids, padding_mask, cache, index)`:
 
 - JAX: `jax.jit` over a stateless call (`keras.StatelessScope` maps the
   variables to traced values), with the cache buffers donated, so a step
-  updates the KV cache in place;
+  updates the KV cache in place (`donate=False` for a body that only reads
+  the cache, such as an assistant's draft step over its target's cache);
 - TensorFlow: `tf.function(jit_compile=True)`, that is XLA;
 - torch: eager, under `torch.inference_mode()` (Keras' layer code does not
   compile well with `torch.compile`; see `generation.torch_runner`).
@@ -19,10 +20,10 @@ from typing import Any
 from gemma_keras.backend.selection import current_backend
 
 
-def compile_model_function(body: Callable, variables: list) -> Callable:
+def compile_model_function(body: Callable, variables: list, donate: bool = True) -> Callable:
     name = current_backend()
     if name == "jax":
-        return _jax(body, variables)
+        return _jax(body, variables, donate)
     if name == "tensorflow":
         import tensorflow as tf
 
@@ -30,7 +31,7 @@ def compile_model_function(body: Callable, variables: list) -> Callable:
     return _torch(body)
 
 
-def _jax(body: Callable, variables: list) -> Callable:
+def _jax(body: Callable, variables: list, donate: bool) -> Callable:
     import jax
     import keras
 
@@ -38,7 +39,7 @@ def _jax(body: Callable, variables: list) -> Callable:
         with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
             return body(token_ids, padding_mask, cache, index)
 
-    jitted = jax.jit(stateless, donate_argnums=(3,))
+    jitted = jax.jit(stateless, donate_argnums=(3,) if donate else ())
 
     def call(token_ids, padding_mask, cache, index) -> Any:
         return jitted([v.value for v in variables], token_ids, padding_mask, cache, index)

@@ -112,19 +112,34 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if not args.prompt:
         raise gk.GenerationArgumentError("the prompt is empty; give some text to continue.")
     check_stop_strings(args.stop)
+    if args.draft and args.assistant:
+        raise gk.GenerationArgumentError("give --draft or --assistant, not both.")
     lm = _load(args, args.model, args.dtype)
     options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop or None, **_sampling_kwargs(sampling))
+    if args.draft or args.assistant:
+        if args.draft:
+            draft = _load(args, args.draft, args.dtype)
+        else:
+            draft = gk.load_assistant(args.assistant, dtype=args.dtype)
+        options.update(draft=draft, lookahead=args.lookahead)
     if args.no_stream:
         print(lm.generate(args.prompt, include_prompt=args.include_prompt, **options))
-        return 0
-    if args.include_prompt:
-        print(args.prompt, end="", flush=True)
-    try:
-        for piece in lm.stream(args.prompt, **options):
-            interrupts.check()  # a Ctrl-C that Python dropped (raised inside a GC callback) stops here
-            print(piece, end="", flush=True)
-    finally:
-        print(flush=True)
+    else:
+        if args.include_prompt:
+            print(args.prompt, end="", flush=True)
+        try:
+            for piece in lm.stream(args.prompt, **options):
+                interrupts.check()  # a Ctrl-C that Python dropped (raised inside a GC callback) stops here
+                print(piece, end="", flush=True)
+        finally:
+            print(flush=True)
+    stats = lm.last_draft_stats
+    if "draft" in options and stats is not None:
+        print(
+            f"draft: {stats.accepted}/{stats.proposed} proposals kept, "
+            f"{stats.tokens_per_pass:.2f} tokens per model pass",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -396,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stream", action="store_true", help="print the text at the end instead of streaming"
     )
     gen.add_argument("--include-prompt", action="store_true", help="print the prompt before the continuation")
+    gen.add_argument(
+        "--draft", default=None, help="speculative decoding: a smaller model with the same tokenizer"
+    )
+    gen.add_argument("--assistant", default=None, help="speculative decoding: a Gemma 4 assistant model")
+    gen.add_argument("--lookahead", type=int, default=4, help="with --draft/--assistant: proposals per round")
     gen.set_defaults(func=_cmd_generate)
 
     chat = sub.add_parser("chat", help="an interactive multi-turn chat that streams replies")

@@ -15,7 +15,15 @@ import numpy as np
 
 from gemma_keras.errors import SourceError
 
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+# Integers hold index tables (a Gemma 4 assistant's token ordering), exact in float32 below 2**24.
+_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+}
 
 
 class SafetensorsTensors:

@@ -8,7 +8,7 @@ loop between calls runs in Python, so tokens can stream and stop on strings.
 
 The runner owns no transformer math: it calls the backbone's own embedding,
 decoder blocks (with their caches and sliding windows) and final norm. One
-change is made to KerasHub's layers: `_use_position_sliding_mask`.
+change is made to KerasHub's layers: `use_position_sliding_mask`.
 
 Gemma 4 ("per_layer" cache layout) differs in three ways, all in
 `_forward_per_layer`: each layer's cache has that layer's own head count and
@@ -26,6 +26,7 @@ import numpy as np
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.backend.compile import compile_model_function
 from gemma_keras.backend.jax_mesh import batch_placement
+from gemma_keras.errors import GenerationArgumentError
 
 # Greedy tokens decoded per `greedy_chunk` call. Streamed greedy text arrives
 # in bursts this long.
@@ -61,7 +62,7 @@ class KerasRunner:
             self.vocab_size = int(self.backbone.vocabulary_size)
         self.layers = list(self.text.transformer_layers)
         for layer in self.layers:
-            _use_position_sliding_mask(layer.attention)
+            use_position_sliding_mask(layer.attention)
         # Gemma 4 and 3n: the cache slot each layer reads (its own, or its KV source's), and which layers own one.
         self._slots: list[int] = []
         self._owners: list = []
@@ -81,9 +82,22 @@ class KerasRunner:
                     self._slots.append(len(self._owners))
                     self._owners.append(layer)
 
+    def kv_sources(self) -> dict:
+        """Gemma 4: the last layer of each kind ("full_attention", "sliding_attention") that computes
+        keys and values; an assistant model reads those (transformers' `shared_kv_states`)."""
+        kinds = self.backbone.layer_types
+        return {kinds[self.layers.index(layer)]: layer for layer in self._owners}
+
+    def kv_source_slots(self) -> dict[str, int]:
+        """The cache slot of each of `kv_sources`."""
+        return {kind: self._owners.index(layer) for kind, layer in self.kv_sources().items()}
+
     # --- the model math, written once for every backend -------------------
-    def _forward(self, token_ids, padding_mask, cache, index, every_position=False):
-        """Logits after the last token `(rows, vocab)`, or after each one `(rows, t, vocab)`."""
+    def _forward(self, token_ids, padding_mask, cache, index, every_position=False, states=False):
+        """Logits after the last token `(rows, vocab)`, or after each one `(rows, t, vocab)`.
+
+        `states` (Gemma 4): `(logits after each token, final-normed hidden states after each)`.
+        """
         from keras import ops
 
         self.trace_count += 1  # runs once per trace when compiled
@@ -97,6 +111,8 @@ class KerasRunner:
                 x, cache = self._hidden(token_ids, padding_mask, cache, index)
             x = self.backbone.layer_norm(x if every_position else x[:, -1:, :])
         logits = self.text.token_embedding(x, reverse=True)
+        if states:
+            return (ops.cast(logits, "float32"), ops.cast(x, "float32")), cache
         return ops.cast(logits if every_position else logits[:, 0, :], "float32"), cache
 
     def _hidden(self, token_ids, padding_mask, cache, index):
@@ -303,11 +319,14 @@ class KerasRunner:
             body = {
                 "forward": self._forward,
                 "forward_all": lambda *args: self._forward(*args, every_position=True),
+                "forward_states": lambda *args: self._forward(*args, every_position=True, states=True),
                 "greedy_chunk": self._greedy_chunk,
             }[name]
             fn = self._compiled[name] = compile_model_function(body, self.causal_lm.variables)
         tokens = self._place(ops.convert_to_tensor(np.asarray(token_ids, np.int32), "int32"))
         out, cache = fn(tokens, mask, cache, ops.convert_to_tensor(index, "int32"))
+        if isinstance(out, tuple):
+            return tuple(np.asarray(ops.convert_to_numpy(o)) for o in out), cache
         return np.asarray(ops.convert_to_numpy(out)), cache
 
     def forward(self, token_ids, mask, cache, index: int):
@@ -322,8 +341,16 @@ class KerasRunner:
         """`CHUNK` greedy steps in one call: returns `(picks (rows, CHUNK), cache)`."""
         return self._call("greedy_chunk", token_ids, mask, cache, index)
 
+    def forward_states(self, token_ids, mask, cache, index: int):
+        """Gemma 4: `((logits, final-normed hidden states) after every fed token, cache)`."""
+        if self.arch.cache_layout != "per_layer":
+            raise GenerationArgumentError(
+                f"only Gemma 4 exposes its hidden states here, not {self.arch.title}."
+            )
+        return self._call("forward_states", token_ids, mask, cache, index)
 
-def _use_position_sliding_mask(attention) -> None:
+
+def use_position_sliding_mask(attention, reach: int = 0) -> None:
     """Swaps KerasHub's sliding-window mask for one built from positions.
 
     KerasHub slices a `(keys, keys)` band matrix at the cache index. Under
@@ -331,6 +358,7 @@ def _use_position_sliding_mask(attention) -> None:
     decode step recompiled (seconds per token), and on every backend it
     builds a large matrix per layer per step. Comparing positions gives the
     identical mask, `|query_pos - key_pos| < window`, with neither cost.
+    `reach` widens the window (a Gemma 4 assistant's, see `generation.assistant`).
     """
     if not getattr(attention, "use_sliding_window_attention", False):
         return
@@ -344,7 +372,7 @@ def _use_position_sliding_mask(attention) -> None:
         query_pos = ops.arange(query_len, dtype="int32") + ops.cast(cache_update_index, "int32")
         key_pos = ops.arange(key_len, dtype="int32")
         distance = ops.abs(query_pos[:, None] - key_pos[None, :])
-        window = distance < attention.sliding_window_size
+        window = distance < attention.sliding_window_size + reach
         return ops.logical_and(ops.cast(attention_mask, "bool"), window[None, :, :])
 
     attention._mask_sliding_window = mask_sliding_window

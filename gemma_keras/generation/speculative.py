@@ -13,6 +13,11 @@ Both models keep their KV caches. Rejected proposals leave entries past the
 accepted position; causal masking hides them, and the next round overwrites
 them. The draft must share the target's vocabulary (the same tokenizer).
 
+A Gemma 4 assistant (`generation.assistant`) drafts differently: it keeps no
+cache of its own, and reads the target's cache and the target's final hidden
+state after the last kept token, so the target's verifying pass also returns
+its hidden states (`forward_states`).
+
 Example:
 
 >>> lm.generate("The capital of France is", max_new_tokens=64, draft=small_lm)  # doctest: +SKIP
@@ -27,6 +32,7 @@ import numpy as np
 
 from gemma_keras.buckets import bucket
 from gemma_keras.errors import GenerationArgumentError
+from gemma_keras.generation.assistant import Assistant
 from gemma_keras.generation.decode import MIN_CACHE_BUCKET, Batch, Detokenize, Event, Request
 from gemma_keras.generation.runner import Runner
 
@@ -51,7 +57,9 @@ class DraftStats:
         return self.tokens / self.target_passes if self.target_passes else 0.0
 
 
-def check_draft(request: Request, target: Runner, draft: Runner, lookahead: int = DEFAULT_LOOKAHEAD) -> None:
+def check_draft(
+    request: Request, target: Runner, draft: Runner | Assistant, lookahead: int = DEFAULT_LOOKAHEAD
+) -> None:
     """Refuses what speculative decoding cannot reproduce exactly, and a bad `lookahead`."""
     if not isinstance(lookahead, int) or isinstance(lookahead, bool) or not 1 <= lookahead <= 64:
         raise GenerationArgumentError(f"lookahead must be an integer from 1 to 64, got {lookahead!r}.")
@@ -62,7 +70,9 @@ def check_draft(request: Request, target: Runner, draft: Runner, lookahead: int 
         )
     if request.constraint is not None:
         raise GenerationArgumentError("draft= cannot be combined with json_schema.")
-    if draft.vocab_size != target.vocab_size:
+    if isinstance(draft, Assistant):
+        draft.check_target(target)
+    elif draft.vocab_size != target.vocab_size:
         raise GenerationArgumentError(
             f"the draft model has {draft.vocab_size:,} logits per token and the model {target.vocab_size:,}: "
             "a draft must share the model's tokenizer."
@@ -71,7 +81,7 @@ def check_draft(request: Request, target: Runner, draft: Runner, lookahead: int 
 
 def speculative_decode(
     target: Runner,
-    draft: Runner,
+    draft: Runner | Assistant,
     request: Request,
     *,
     lookahead: int = DEFAULT_LOOKAHEAD,
@@ -80,33 +90,31 @@ def speculative_decode(
     context_length: int | None = None,
     stats: DraftStats | None = None,
 ) -> Iterator[Event]:
-    """Yields the events of one greedy generation, as `decode` would, using `draft` to propose tokens."""
+    """Yields the events of one greedy generation, as `decode` would, using `draft` to propose tokens.
+
+    `draft` is another model's runner, or a Gemma 4 `Assistant`, which drafts from the target's state.
+    """
     check_draft(request, target, draft, lookahead)
     stats = stats if stats is not None else DraftStats()
-    # Both caches leave room for a last round of proposals past the budget.
+    # The caches leave room for a last round of proposals past the budget.
     room = bucket(len(request.prompt), 16) + request.max_new_tokens + lookahead + 2
     length = bucket(room, MIN_CACHE_BUCKET)
     options = dict(pad_id=pad_id, context_length=context_length, length=length)
     big, logits = Batch.prefill(target, [request], detokenize=detokenize, **options)
-    small, _ = Batch.prefill(draft, [Request(request.prompt, request.max_new_tokens)], **options)
+    drafter = (
+        _AssistantDrafter(draft, target, big, request)
+        if isinstance(draft, Assistant)
+        else _ModelDrafter(draft, request, options)
+    )
     row = big.rows[0]
     yield from row.accept(0, int(np.argmax(logits[0])))
     stats.tokens += 1
-    unfed = [row.pending]  # accepted tokens the draft has not seen yet; the last is the target's too
     while row.finish_reason is None:
         index = big.index  # where the last accepted token goes
         k = min(lookahead, request.max_new_tokens - row.count, big.length - index - 1)
-        proposals: list[int] = []
-        feed = unfed
-        for _ in range(k):
-            draft_logits, small.cache = draft.forward(
-                np.asarray([feed], np.int32), small._runner_mask(), small.cache, small.index
-            )
-            small.index += len(feed)
-            proposals.append(int(np.argmax(draft_logits[0])))
-            feed = proposals[-1:]
+        proposals = drafter.propose(big, row.pending, k)
         tokens = np.asarray([[row.pending, *proposals]], np.int32)
-        checked, big.cache = target.forward_all(tokens, big._runner_mask(), big.cache, index)
+        checked, big.cache = drafter.verify(big, tokens, index)
         picks = np.argmax(checked[0], axis=-1).tolist()
         stats.target_passes += 1
         stats.proposed += len(proposals)
@@ -122,11 +130,66 @@ def speculative_decode(
             yield from row.accept(0, int(picks[taken]))
             stats.tokens += 1
         big.index = index + 1 + taken
-        pending = [row.pending] if row.pending is not None else []
+        drafter.kept(index, proposals, taken, [row.pending] if row.pending is not None else [])
+
+
+class _ModelDrafter:
+    """Another model drafts: it keeps its own cache and is fed every accepted token."""
+
+    def __init__(self, draft: Runner, request: Request, options: dict):
+        self.draft = draft
+        self.small, _ = Batch.prefill(draft, [Request(request.prompt, request.max_new_tokens)], **options)
+        self.unfed: list[int] | None = (
+            None  # accepted tokens the draft has not seen; the last is the target's too
+        )
+
+    def propose(self, big: Batch, pending: int, count: int) -> list[int]:
+        small = self.small
+        feed = self.unfed if self.unfed is not None else [pending]
+        self.unfed = feed
+        proposals: list[int] = []
+        for _ in range(count):
+            logits, small.cache = self.draft.forward(
+                np.asarray([feed], np.int32), small._runner_mask(), small.cache, small.index
+            )
+            small.index += len(feed)
+            proposals.append(int(np.argmax(logits[0])))
+            feed = proposals[-1:]
+        return proposals
+
+    @staticmethod
+    def verify(big: Batch, tokens: np.ndarray, index: int):
+        return big.runner.forward_all(tokens, big._runner_mask(), big.cache, index)
+
+    def kept(self, index: int, proposals: list[int], taken: int, pending: list[int]) -> None:
         if not proposals:  # no room to propose: the draft saw nothing this round
-            unfed = unfed + pending
-            continue
+            self.unfed = self.unfed + pending
+            return
         # The draft has seen the kept proposals except, when all were kept, the last one.
         seen = min(taken, len(proposals) - 1)
-        small.index = index + 1 + seen
-        unfed = proposals[seen:taken] + pending
+        self.small.index = index + 1 + seen
+        self.unfed = proposals[seen:taken] + pending
+
+
+class _AssistantDrafter:
+    """A Gemma 4 assistant drafts from the target's hidden state before the pending token and its cache."""
+
+    def __init__(self, assistant: Assistant, target: Runner, big: Batch, request: Request):
+        self.assistant = assistant
+        # The prefill kept only logits: feed the last prompt token again (same position, same keys
+        # and values) for its hidden state.
+        last = np.asarray([[request.prompt[-1]]], np.int32)
+        (_, hidden), big.cache = target.forward_states(last, big._runner_mask(), big.cache, big.index - 1)
+        self.hidden = hidden[0, -1]
+
+    def propose(self, big: Batch, pending: int, count: int) -> list[int]:
+        if count <= 0:
+            return []
+        return self.assistant.propose(big.runner, big.cache, big.mask, big.index, pending, self.hidden, count)
+
+    def verify(self, big: Batch, tokens: np.ndarray, index: int):
+        (logits, self.states), cache = big.runner.forward_states(tokens, big._runner_mask(), big.cache, index)
+        return logits, cache
+
+    def kept(self, index: int, proposals: list[int], taken: int, pending: list[int]) -> None:
+        self.hidden = self.states[0, taken]  # after the last kept token, which predicted the pending one
