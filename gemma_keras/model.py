@@ -47,7 +47,7 @@ from gemma_keras.generation.streaming import check_stop_strings
 from gemma_keras.generation.structured import json_constraint
 from gemma_keras.training import lora
 from gemma_keras.training.config import FinetuneConfig
-from gemma_keras.training.loop import FinetuneResult, finetune
+from gemma_keras.training.loop import FinetuneResult, finetune, input_names
 
 QUANTIZE_MODES = ("int8",)
 SAMPLING_FIELDS = tuple(SamplingParams.__dataclass_fields__)
@@ -529,9 +529,12 @@ class Gemma:
 
         ids = np.asarray([self._token_ids(token_ids)], dtype=np.int32)
         inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
-        if "position_ids" in (getattr(self.backbone, "input", None) or {}):  # Gemma 4
+        if "position_ids" in input_names(self.backbone):  # Gemma 4
             inputs["position_ids"] = np.arange(ids.shape[1], dtype=np.int32)[None]
-        out = self.causal_lm(inputs)
+        # The backbone and its tied output, not `causal_lm(inputs)`: KerasHub's Gemma 3n causal LM
+        # maps a dict of inputs onto its functional graph wrongly (logits off by about 1).
+        text = getattr(self.backbone, "language_model", self.backbone)
+        out = text.token_embedding(self.backbone(inputs), reverse=True)
         return np.asarray(ops.convert_to_numpy(ops.cast(out, "float32")))[0]
 
     def count_tokens(self, text: str) -> int:

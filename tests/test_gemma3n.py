@@ -52,6 +52,7 @@ def test_logits_and_greedy_tokens_match_transformers(checkpoint, lm):
                 torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0
             )
         assert np.abs(lm.logits(ids) - logits).max() < 1e-4
+        assert np.abs(lm.score(ids)[-1] - logits).max() < 1e-4  # the whole-sequence pass too
         want.append(out[0, len(ids) :].tolist())
     assert generate_ids(lm, prompts, 16) == want  # batched, rows of different lengths
 
