@@ -281,3 +281,39 @@ def write_tiny_gemma3n(out_dir: Path, proto: bytes, vocab_size: int, seed: int =
     )
     torch.manual_seed(seed)
     return _save_perturbed(Gemma3nForCausalLM(config).eval(), out_dir, proto, dtype)
+
+
+def finetune_tiny(lm, ids: list[int], **settings):
+    """LoRA-fine-tunes a tiny model on a few invented facts; checks the loss fell and the logits after
+    `ids` moved. Returns those logits."""
+    import numpy as np
+
+    from gemma_keras.testing import made_up_fact_records
+
+    before = lm.logits(ids)
+    result = lm.finetune(
+        made_up_fact_records()[:8],
+        lora_rank=4,
+        epochs=3,
+        batch_size=4,
+        sequence_length=48,
+        learning_rate=1e-2,
+        verbose=False,
+        **settings,
+    )
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    after = lm.logits(ids)
+    assert np.abs(after - before).max() > 1e-3  # the adapters changed the model
+    return after
+
+
+def assert_transformers_logits(checkpoint: Path, ids: list[int], want, atol: float = 1e-4) -> None:
+    """transformers, loading `checkpoint`, computes `want` as the next-token logits after `ids`."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.tensor([ids])).logits[0, -1].numpy(), want, atol=atol)

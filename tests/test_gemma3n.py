@@ -12,7 +12,13 @@ import pytest
 
 import gemma_keras as gk
 from tests.conftest import generate_ids
-from tests.hf_reference import GEMMA3N_TOKENS, tiny_proto, write_tiny_gemma3n
+from tests.hf_reference import (
+    GEMMA3N_TOKENS,
+    assert_transformers_logits,
+    finetune_tiny,
+    tiny_proto,
+    write_tiny_gemma3n,
+)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -154,7 +160,7 @@ def test_chat_uses_gemma_turns(lm):
 
 
 def test_save_reload_and_safetensors_export(tmp_path, lm):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig
 
     ids = lm.tokenizer.encode(PROMPTS[0])
     want = lm.logits(ids)
@@ -163,45 +169,24 @@ def test_save_reload_and_safetensors_export(tmp_path, lm):
     assert again.info.architecture == "gemma3n"
     np.testing.assert_allclose(again.logits(ids), want, atol=1e-5)
     lm.export(tmp_path / "hf", format="safetensors")
-    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
-    assert type(hf).__name__ == "Gemma3nForCausalLM"
-    with torch.no_grad():
-        np.testing.assert_allclose(hf(torch.tensor([ids])).logits[0, -1].numpy(), want, atol=1e-4)
+    assert AutoConfig.from_pretrained(str(tmp_path / "hf")).architectures == ["Gemma3nForCausalLM"]
+    assert_transformers_logits(tmp_path / "hf", ids, want)
     np.testing.assert_allclose(gk.load(tmp_path / "hf").logits(ids), want, atol=1e-5)
 
 
 def test_finetune_then_export_reloads_in_transformers(tmp_path, checkpoint):
     """LoRA on every projection of the text model; the merged weights give transformers the same logits."""
-    from transformers import AutoModelForCausalLM
-
-    from gemma_keras.testing import made_up_fact_records
     from gemma_keras.training.lora import lora_layers
 
     lm = gk.load(checkpoint[0])
     ids = lm.tokenizer.encode(PROMPTS[1])
-    before = lm.logits(ids)
-    result = lm.finetune(
-        made_up_fact_records()[:8],
-        lora_rank=4,
-        epochs=3,
-        batch_size=4,
-        sequence_length=48,
-        learning_rate=1e-2,
-        verbose=False,
-        out_dir=tmp_path / "run",
-    )
-    losses = [h["loss"] for h in result.history]
-    assert losses[-1] < losses[0]
+    after = finetune_tiny(lm, ids, out_dir=tmp_path / "run")
     # 7 projections on 4 layers, 5 on the 2 KV-shared ones (their key/value projections never run)
     assert len(lora_layers(lm.backbone)) == 7 * 4 + 5 * 2
-    after = lm.logits(ids)
-    assert np.abs(after - before).max() > 1e-3
     fresh = gk.load(checkpoint[0]).load_adapters(tmp_path / "run" / "adapters.npz")
     np.testing.assert_allclose(fresh.logits(ids), after, atol=1e-4)
     lm.export(tmp_path / "hf", format="safetensors")
-    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
-    with torch.no_grad():
-        np.testing.assert_allclose(hf(torch.tensor([ids])).logits[0, -1].numpy(), after, atol=1e-4)
+    assert_transformers_logits(tmp_path / "hf", ids, after)
     # and as GGUF (float32: no rounding), which reloads with the same logits
     np.testing.assert_allclose(
         gk.load(lm.export(tmp_path / "m.gguf", dtype="f32")).logits(ids), after, atol=1e-4

@@ -21,6 +21,8 @@ from tests.conftest import generate_ids
 from tests.hf_reference import (
     GEMMA4_TOKENS,
     GEMMA4_VARIANTS,
+    assert_transformers_logits,
+    finetune_tiny,
     save_tiny_tokenizer,
     tiny_proto,
     write_tiny_gemma4,
@@ -186,34 +188,17 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, checkpoints):
 
 
 def test_finetune_save_reload_and_export(tmp_path, checkpoints):
-    from gemma_keras.testing import made_up_fact_records
-
     path, _ = checkpoints["kv_shared"]
     lm = gk.load(path)
     ids = lm.tokenizer.encode(PROMPTS[0])
-    before = lm.logits(ids)
-    result = lm.finetune(
-        made_up_fact_records()[:8],
-        lora_rank=4,
-        epochs=3,
-        batch_size=4,
-        sequence_length=48,
-        learning_rate=1e-2,
-        verbose=False,
-    )
-    losses = [h["loss"] for h in result.history]
-    assert losses[-1] < losses[0]
-    after = lm.logits(ids)
-    assert np.abs(after - before).max() > 1e-3  # the adapters changed the model
+    after = finetune_tiny(lm, ids)
     lm.save(tmp_path / "preset")
     again = gk.load(tmp_path / "preset")
     assert again.info.architecture == "gemma4"
     np.testing.assert_allclose(again.logits(ids), after, atol=1e-4)
     # The fine-tuned weights (LoRA merged) in transformers' layout: transformers computes the same logits.
     lm.export(tmp_path / "hf", format="safetensors")
-    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
-    with torch.no_grad():
-        np.testing.assert_allclose(hf(torch.tensor([ids])).logits[0, -1].numpy(), after, atol=1e-4)
+    assert_transformers_logits(tmp_path / "hf", ids, after)
     # and as GGUF (float32: no rounding), which reloads with the same logits
     np.testing.assert_allclose(
         gk.load(lm.export(tmp_path / "m.gguf", dtype="f32")).logits(ids), after, atol=1e-4
