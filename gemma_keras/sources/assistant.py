@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from gemma_keras.architectures.gemma4 import GEMMA4
+from gemma_keras.backend.devices import default_dtype, validate_dtype
 from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.selection import ensure_backend, import_keras_hub
 from gemma_keras.checks import is_integer
@@ -28,7 +29,6 @@ from gemma_keras.errors import ModelNotFoundError, SourceError, UnsupportedModel
 from gemma_keras.formats.layer_tables import TABLES, fill_table
 from gemma_keras.formats.safetensors_reader import SafetensorsTensors
 from gemma_keras.generation.assistant import Assistant
-from gemma_keras.sources.resolve import default_dtype, validate_dtype
 
 MODEL_TYPE = "gemma4_assistant"
 
