@@ -185,6 +185,31 @@ class TorchRunner:
         out = torch.bmm(x.unsqueeze(0).expand(blocks, -1, -1), table.transpose(1, 2))
         return out.permute(1, 0, 2).reshape(x.shape[0], vocab)
 
+    def _attend(self, q, keys, values, mask, soft_cap, out_kernel):
+        """Grouped-query attention of `q` (b, t, heads, dim) over `keys` and `values`, through the output projection."""
+        torch = self.torch
+        b, t, heads, _ = q.shape
+        kv = keys.shape[2]
+        q = q.reshape(b, t, kv, heads // kv, q.shape[3])
+        scores = torch.einsum("btkgh,bskh->bkgts", q, keys)
+        if soft_cap is not None:
+            scores = torch.tanh(scores / soft_cap) * soft_cap
+        scores = scores.float().masked_fill(~mask[:, None, None], -1e9)
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        out = torch.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, heads, values.shape[-1])
+        # As KerasHub: a query that may see no key (a padding position) gets zeros, not an average.
+        out = out.masked_fill(~mask.any(dim=-1)[:, :, None, None], 0)
+        attn = out.permute(2, 0, 1, 3).reshape(heads, b * t, -1).matmul(out_kernel).sum(0)
+        return attn.reshape(b, t, -1)
+
+    def _mlp(self, h, blk):
+        gate = self.torch.nn.functional.gelu(h.matmul(blk.gating_ffw.kernel.value), approximate="tanh")
+        return (gate * h.matmul(blk.gating_ffw_2.kernel.value)).matmul(blk.ffw_linear.kernel.value)
+
+    def _scalar(self, value: float, dtype):
+        # A Python number cast to the activations' dtype first, as `ops.cast(value, dtype)` in KerasHub.
+        return self.torch.tensor(value, dtype=self.torch.float32, device=self.device).to(dtype)
+
     def _forward(self, token_ids, padding_mask, cache, index: int, every_position: bool = False):
         torch = self.torch
         backbone = self.backbone
@@ -192,13 +217,23 @@ class TorchRunner:
         b, t = token_ids.shape
         x = embeddings[token_ids.long()]
         device = x.device
-        x = x * torch.tensor(math.sqrt(self.hidden), dtype=torch.float32, device=device).to(x.dtype)
+        x = x * self._scalar(math.sqrt(self.hidden), x.dtype)
         end = index + t  # keys past the last written position are masked anyway
         positions = torch.arange(index, end, dtype=torch.float32, device=device)
         query_pos = torch.arange(index, end, device=device)
         key_pos = torch.arange(end, device=device)
         visible = (padding_mask[:, None, :end] > 0) & (key_pos[None, None, :] <= query_pos[None, :, None])
         distance = query_pos[:, None] - key_pos[None, :]
+        x = self._layers(x, cache, index, positions, visible, distance)
+        x = self._rms(x if every_position else x[:, -1:, :], backbone.layer_norm)
+        logits = self._logits(x.reshape(-1, x.shape[-1]), embeddings).float()
+        if self.final_cap is not None:
+            logits = torch.tanh(logits / self.final_cap) * self.final_cap
+        return (logits.reshape(b, t, -1) if every_position else logits), cache
+
+    def _layers(self, x, cache, index, positions, visible, distance):
+        """Gemma 1-3's decoder blocks; writes each layer's keys and values into `cache`."""
+        end = index + x.shape[1]
         for spec, (key_cache, value_cache) in zip(self.blocks, cache, strict=True):
             blk = spec.block
             att = blk.attention
@@ -214,30 +249,15 @@ class TorchRunner:
             key_cache[:, index:end] = k
             value_cache[:, index:end] = v
             keys, values = key_cache[:, :end], value_cache[:, :end]
-            q = q * torch.tensor(spec.scale, dtype=q.dtype, device=device)
-            kv = keys.shape[2]
-            q = q.reshape(b, t, kv, q.shape[2] // kv, q.shape[3])
-            scores = torch.einsum("btkgh,bskh->bkgts", q, keys)
-            if spec.soft_cap is not None:
-                scores = torch.tanh(scores / spec.soft_cap) * spec.soft_cap
+            q = q * self._scalar(spec.scale, q.dtype)
             mask = visible if spec.window is None else visible & (distance.abs() < spec.window)[None]
-            scores = scores.float().masked_fill(~mask[:, None, None], -1e9)
-            probs = torch.softmax(scores, dim=-1).to(values.dtype)
-            out = torch.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, -1, values.shape[-1])
-            out_kernel = att.output_dense.kernel.value  # (heads, dim, hidden)
-            attn = out.permute(2, 0, 1, 3).reshape(out.shape[2], b * t, -1).matmul(out_kernel).sum(0)
-            attn = attn.reshape(b, t, -1)
+            attn = self._attend(q, keys, values, mask, spec.soft_cap, att.output_dense.kernel.value)
             if spec.post_norms:
                 attn = self._rms(attn, blk.post_attention_norm)
             x = x + attn
             h = self._rms(x, blk.pre_ffw_norm)
-            gate = torch.nn.functional.gelu(h.matmul(blk.gating_ffw.kernel.value), approximate="tanh")
-            ff = (gate * h.matmul(blk.gating_ffw_2.kernel.value)).matmul(blk.ffw_linear.kernel.value)
+            ff = self._mlp(h, blk)
             if spec.post_norms:
                 ff = self._rms(ff, blk.post_ffw_norm)
             x = x + ff
-        x = self._rms(x if every_position else x[:, -1:, :], backbone.layer_norm)
-        logits = self._logits(x.reshape(-1, x.shape[-1]), embeddings).float()
-        if self.final_cap is not None:
-            logits = torch.tanh(logits / self.final_cap) * self.final_cap
-        return (logits.reshape(b, t, -1) if every_position else logits), cache
+        return x
