@@ -380,7 +380,7 @@ GEMMA4 = Architecture(
     block_flags=frozenset(),
     cache_layout="per_layer",
     chat_format=GEMMA4_TURNS,
-    plain_torch=False,
+    plain_torch=True,
     # E2B and E4B (per-layer inputs): 128k tokens; 26B-A4B and 31B: 256k. A source's own value wins.
     context_length=lambda config: 131072 if config.get("hidden_size_per_layer_input") else 262144,
     gguf_config=gguf_backbone_config,

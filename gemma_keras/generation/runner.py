@@ -97,5 +97,5 @@ def make_runner(causal_lm, arch: Architecture, kind: str | None = None) -> Runne
         reason = torch_runner.unsupported(backbone) or (None if arch.plain_torch else arch.title)
         if reason:
             raise GenerationArgumentError(f"the plain-torch runner cannot run this model: {reason}.")
-        return torch_runner.TorchRunner(backbone)
+        return torch_runner.TorchRunner(backbone, arch)
     return keras_runner.KerasRunner(causal_lm, arch, sharded=caps.shards_variables)
