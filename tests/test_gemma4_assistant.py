@@ -89,8 +89,7 @@ def test_draft_steps_match_transformers(variant, models):
         assert got_first == first
         assert got == want, (variant, text)
         # The first step's hidden state for the next one, compared as numbers.
-        slots = lm.runner.kv_source_slots()
-        sources = [big.cache[slots[kind]] for kind in assistant.backbone.layer_types]
+        sources = [lm.runner.shared_kv(big.cache, kind) for kind in assistant.backbone.layer_types]
         visible = np.array(big.mask, np.int32)
         visible[:, big.index :] = 0
         _, state = assistant._step(lm.runner)(

@@ -94,8 +94,7 @@ class Assistant:
         from keras import ops
 
         step = self._step(target)
-        slots = target.kv_source_slots()
-        sources = [cache[slots[kind]] for kind in self.backbone.layer_types]
+        sources = [target.shared_kv(cache, kind) for kind in self.backbone.layer_types]
         visible = np.array(mask, np.int32, copy=True)
         visible[:, position:] = 0  # the target has computed nothing at or past `position`
         visible = target.prepare_mask(visible)

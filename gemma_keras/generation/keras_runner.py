@@ -83,14 +83,12 @@ class KerasRunner:
                     self._owners.append(layer)
 
     def kv_sources(self) -> dict:
-        """Gemma 4: the last layer of each kind ("full_attention", "sliding_attention") that computes
-        keys and values; an assistant model reads those (transformers' `shared_kv_states`)."""
-        kinds = self.backbone.layer_types
-        return {kinds[self.layers.index(layer)]: layer for layer in self._owners}
+        """Gemma 4: see `last_owners`."""
+        return last_owners(self.backbone, self._owners)
 
-    def kv_source_slots(self) -> dict[str, int]:
-        """The cache slot of each of `kv_sources`."""
-        return {kind: self._owners.index(layer) for kind, layer in self.kv_sources().items()}
+    def shared_kv(self, cache: list, kind: str):
+        """The cache of `kv_sources()[kind]`, `(rows, 2, length, heads, dim)` as KerasHub's blocks read it."""
+        return cache[self._owners.index(self.kv_sources()[kind])]
 
     # --- the model math, written once for every backend -------------------
     def _forward(self, token_ids, padding_mask, cache, index, every_position=False, states=False):
@@ -348,6 +346,13 @@ class KerasRunner:
                 f"only Gemma 4 exposes its hidden states here, not {self.arch.title}."
             )
         return self._call("forward_states", token_ids, mask, cache, index)
+
+
+def last_owners(backbone, owners: list) -> dict:
+    """Gemma 4: the last layer of each kind ("full_attention", "sliding_attention") among `owners`, the
+    layers that compute keys and values. An assistant model reads those (transformers' `shared_kv_states`)."""
+    layers = list(backbone.transformer_layers)
+    return {backbone.layer_types[layers.index(layer)]: layer for layer in owners}
 
 
 def use_position_sliding_mask(attention, reach: int = 0) -> None:

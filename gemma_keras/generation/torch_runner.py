@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from gemma_keras.errors import GenerationArgumentError
+from gemma_keras.generation.keras_runner import last_owners
+
 
 @dataclass
 class _Block:
@@ -219,6 +222,31 @@ class TorchRunner:
         """Logits after every fed token, `(rows, t, vocab)`."""
         return self.forward(token_ids, mask, cache, index, every_position=True)
 
+    def forward_states(self, token_ids, mask, cache, index: int):
+        """Gemma 4: `((logits, final-normed hidden states) after every fed token, cache)`."""
+        if not self.gemma4:
+            raise GenerationArgumentError("only Gemma 4 exposes its hidden states here.")
+        torch = self.torch
+        with torch.inference_mode():
+            (logits, hidden), cache = self._forward(
+                torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=self.device),
+                mask,
+                cache,
+                int(index),
+                every_position=True,
+                states=True,
+            )
+        return (logits.float().cpu().numpy(), hidden.float().cpu().numpy()), cache
+
+    def kv_sources(self) -> dict:
+        """Gemma 4: see `keras_runner.last_owners`."""
+        return last_owners(self.backbone, self._owners)
+
+    def shared_kv(self, cache: list, kind: str):
+        """The cache of `kv_sources()[kind]` stacked as KerasHub's blocks read it: a copy (an assistant's)."""
+        keys, values = cache[self._owners.index(self.kv_sources()[kind])]
+        return self.torch.stack((keys, values), dim=1)
+
     def greedy_chunk(self, token_ids, mask, cache, index: int):
         raise NotImplementedError("TorchRunner offers no greedy chunks (chunk = 0).")
 
@@ -264,7 +292,9 @@ class TorchRunner:
         # A Python number cast to the activations' dtype first, as `ops.cast(value, dtype)` in KerasHub.
         return self.torch.tensor(value, dtype=self.torch.float32, device=self.device).to(dtype)
 
-    def _forward(self, token_ids, padding_mask, cache, index: int, every_position: bool = False):
+    def _forward(
+        self, token_ids, padding_mask, cache, index: int, every_position: bool = False, states: bool = False
+    ):
         torch = self.torch
         backbone = self.backbone
         embeddings = backbone.token_embedding.embeddings.value
@@ -288,6 +318,8 @@ class TorchRunner:
         logits = self._logits(x.reshape(-1, x.shape[-1]), embeddings).float()
         if self.final_cap is not None:
             logits = torch.tanh(logits / self.final_cap) * self.final_cap
+        if states:
+            return (logits.reshape(b, t, -1), x), cache
         return (logits.reshape(b, t, -1) if every_position else logits), cache
 
     def _layers(self, x, cache, index, positions, visible, distance):
