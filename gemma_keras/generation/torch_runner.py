@@ -395,8 +395,7 @@ class TorchRunner:
         visible = (padding_mask[:, None, :end] > 0) & (key_pos[None, None, :] <= query_pos[None, :, None])
         distance = query_pos[:, None] - key_pos[None, :]
         if self.gemma3n:
-            x = self._gemma3n_layers(token_ids, cache, index, positions, visible, distance)
-            x = x if every_position else x[:, -1:, :]  # already normalized
+            x = self._gemma3n_layers(token_ids, cache, index, positions, visible, distance, every_position)
         elif self.gemma4:
             x = self._embed(embeddings, token_ids)
             x = self._gemma4_layers(x, token_ids, cache, index, positions, visible, distance)
@@ -500,8 +499,9 @@ class TorchRunner:
             x = x * blk.layer_scalar.value.to(dtype)
         return x
 
-    def _gemma3n_layers(self, token_ids, cache, index, positions, visible, distance):
-        """Gemma 3n's text model, as `KerasRunner._hidden_altup` runs KerasHub's layers; returns its final-normed output.
+    def _gemma3n_layers(self, token_ids, cache, index, positions, visible, distance, every_position):
+        """Gemma 3n's text model, as `KerasRunner._hidden_altup` runs KerasHub's layers: the final-normed output
+        after every fed token, or (not `every_position`) after the last only.
 
         Four AltUp streams pass through each block, which predicts all of
         them from the active one, runs attention, LAuReL and the MLP on that
@@ -589,6 +589,8 @@ class TorchRunner:
             gated = (gated * per_layer[:, :, i]).matmul(blk.per_layer_projection.kernel.value)
             gated = rms(gated, blk.post_per_layer_input_norm)
             xs = torch.cat([corrected[:1], corrected[1:] + gated[None]])
+        if not every_position:
+            xs = xs[:, :, -1:, :]  # only the last position's logits are wanted
         out = [
             xs[0],
             *rescaled(
