@@ -1,4 +1,4 @@
-"""Gemma 4 on torch: the plain-torch runner against Keras' layers, decode speed side by side.
+"""Gemma 4 and 3n on torch: the plain-torch runner against Keras' layers, decode speed side by side.
 
     KERAS_BACKEND=torch python benchmarks/gemma4_torch.py [--new-tokens 64] [--json out.json]
 
@@ -13,7 +13,12 @@ Gemma 4 text models built in KerasHub from transformers-style configs (as
   global, twice), 8 query heads of 64 (global: 128), a 32,000-token
   vocabulary; the per-layer-input one shares its last 4 layers' keys and
   values and doubles their MLP (as E2B); the MoE one has 32 experts of
-  width 256, 4 per token.
+  width 256, 4 per token;
+- `*-gemma3n`: Gemma 3n text models (four AltUp streams, LAuReL, per-layer
+  inputs, activation sparsity in the first two layers, two KV-shared
+  layers): the tiny test model of `tests/hf_reference.py` (hidden 32, 6
+  layers, 469-token vocabulary) and one at hidden 512, 8 layers, a
+  32,000-token vocabulary.
 
 Each runner decodes the same 32-token prompt greedily, batch 1, float32,
 through the decode loop (`generate_ids`). Decode tokens/s is the new tokens
@@ -101,21 +106,67 @@ MODELS = {
     ),
 }
 
+GEMMA3N_TINY = dict(
+    vocab_size=469,
+    vocab_size_per_layer_input=469,
+    hidden_size=32,
+    intermediate_size=[64] * 6,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    sliding_window=8,
+    layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+    hidden_size_per_layer_input=4,
+    num_kv_shared_layers=2,
+    laurel_rank=4,
+    altup_num_inputs=4,
+    activation_sparsity_pattern=[0.95, 0.95, 0.0, 0.0, 0.0, 0.0],
+    final_logit_softcapping=30.0,
+    max_position_embeddings=512,
+)
+GEMMA3N = {
+    "tiny-gemma3n": GEMMA3N_TINY,
+    "512x8-gemma3n": dict(
+        GEMMA3N_TINY,
+        vocab_size=32000,
+        vocab_size_per_layer_input=32000,
+        hidden_size=512,
+        intermediate_size=[2048] * 8,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        head_dim=64,
+        sliding_window=512,
+        layer_types=(["sliding_attention"] * 3 + ["full_attention"]) * 2,
+        hidden_size_per_layer_input=64,
+        laurel_rank=64,
+        activation_sparsity_pattern=[0.95, 0.95] + [0.0] * 6,
+    ),
+}
+MODELS.update(GEMMA3N)
+
 
 def build(config: dict):
-    """A `Gemma4CausalLM` of `config` with random weights (KerasHub starts experts and norms at constants)."""
+    """A `Gemma4CausalLM` (or `Gemma3nCausalLM`) of `config` with random weights (KerasHub starts experts and norms at constants)."""
     import numpy as np
     from keras import ops
     from keras_hub.models import Gemma4Backbone, Gemma4CausalLM
 
     from gemma_keras.architectures.gemma4 import hf_backbone_config
 
-    backbone = Gemma4Backbone(**hf_backbone_config(config))
+    if "altup_num_inputs" in config:
+        from keras_hub.models import Gemma3nBackbone, Gemma3nCausalLM
+
+        from gemma_keras.architectures import gemma3n
+
+        backbone, causal_lm = Gemma3nBackbone(**gemma3n.hf_backbone_config(config)), Gemma3nCausalLM
+    else:
+        backbone, causal_lm = Gemma4Backbone(**hf_backbone_config(config)), Gemma4CausalLM
     rng = np.random.default_rng(0)
     for variable in backbone.trainable_weights:
         value = ops.convert_to_numpy(variable.value)
         variable.assign((value + rng.normal(0, 0.02, value.shape)).astype(value.dtype))
-    return Gemma4CausalLM(backbone=backbone, preprocessor=None)
+    return causal_lm(backbone=backbone, preprocessor=None)
 
 
 def decode_rates(runners: dict, prompt: list[int], new_tokens: int, repeats: int) -> dict:
@@ -150,6 +201,7 @@ def main() -> None:
     import torch
 
     import gemma_keras as gk
+    from gemma_keras.architectures.gemma3n import GEMMA3N as GEMMA3N_ARCH
     from gemma_keras.architectures.gemma4 import GEMMA4
     from gemma_keras.generation.runner import make_runner
 
@@ -160,7 +212,8 @@ def main() -> None:
     for name in args.models:
         causal_lm = build(MODELS[name])
         prompt = np.random.default_rng(1).integers(3, MODELS[name]["vocab_size"], 32).tolist()
-        runners = {kind: make_runner(causal_lm, GEMMA4, kind=kind) for kind in ("torch", "keras")}
+        arch = GEMMA3N_ARCH if name in GEMMA3N else GEMMA4
+        runners = {kind: make_runner(causal_lm, arch, kind=kind) for kind in ("torch", "keras")}
         rates = decode_rates(runners, prompt, args.new_tokens, args.repeats)
         (plain, plain_ids), (layers, layer_ids) = rates["torch"], rates["keras"]
         row = {

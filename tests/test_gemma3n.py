@@ -149,9 +149,59 @@ def test_a_gemma3n_gguf_with_a_missing_tensor_is_refused(tmp_path):
 
 
 def test_kv_shared_layers_hold_no_cache(lm):
-    cache = lm.runner.new_cache(1, 32)
+    from gemma_keras.generation.runner import make_runner
+
+    cache = make_runner(lm.causal_lm, lm.architecture, kind="keras").new_cache(1, 32)
     assert len(cache) == 6 - 2
     assert tuple(cache[0].shape) == (1, 2, 2, 32, 8)  # heads before positions, as KerasHub's Gemma 3n has it
+    if type(lm.runner).__name__ == "TorchRunner":  # one (keys, values) pair per owning layer
+        cache = lm.runner.new_cache(1, 32)
+        assert len(cache) == 6 - 2 and tuple(cache[0][0].shape) == (1, 32, 2, 8)
+
+
+def test_plain_torch_runner_matches_the_keras_layers(lm):
+    """On torch, Gemma 3n runs on the plain-torch runner, and every call the decode loop makes gives the Keras layers' logits.
+
+    Within 3e-5, as Gemma 4's: float32 rounding on these tiny random models.
+    """
+    from gemma_keras.backend.devices import capabilities
+    from gemma_keras.generation.decode import Batch, Request
+    from gemma_keras.generation.runner import make_runner
+
+    if not capabilities().plain_torch:
+        pytest.skip("the plain-torch runner exists only on the torch backend")
+    assert type(lm.runner).__name__ == "TorchRunner"
+    keras_runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
+    assert type(keras_runner).__name__ == "KerasRunner"
+    # Rows of different lengths (left-padded); the longest is past the sliding window of 8.
+    requests = [Request(lm.tokenizer.encode(p), 40) for p in (PROMPTS[0], "model", PROMPTS[1])]
+    assert max(len(r.prompt) for r in requests) > 8 > min(len(r.prompt) for r in requests)
+    (fast, a), (slow, b) = (Batch.prefill(r, requests) for r in (lm.runner, keras_runner))
+    np.testing.assert_allclose(a, b, atol=3e-5)
+    rng = np.random.default_rng(0)
+
+    def feed(tokens: int, every_position: bool = False):
+        ids = rng.integers(3, lm.runner.vocab_size, (fast.size, tokens)).astype(np.int32)
+        out = []
+        for batch in (fast, slow):
+            call = batch.runner.forward_all if every_position else batch.runner.forward
+            logits, batch.cache = call(ids, batch._runner_mask(), batch.cache, batch.index)
+            batch.index += tokens
+            out.append(logits)
+        np.testing.assert_allclose(*out, atol=3e-5)
+
+    for _ in range(10):  # one token at a time, well past the window
+        feed(1)
+    for batch in (fast, slow):
+        batch.resize(4)  # select_rows: an empty row, whose queries see no key at all
+    feed(1)
+    for batch in (fast, slow):
+        batch.join(Request(lm.tokenizer.encode(PROMPTS[1]), 8))  # prefilled alone, then copy_row
+        batch.lengthen(2 * batch.length)
+    assert fast.rows[3] is not None
+    feed(1)
+    feed(3, every_position=True)  # as speculative decoding checks a draft
+    feed(1)
 
 
 def test_chat_uses_gemma_turns(lm):

@@ -5,8 +5,8 @@ per-layer, per-op Python bookkeeping costs more than the arithmetic: the
 270M model decoded at about 8 tokens/s against JAX's 20. `torch.compile`
 does not help either (Keras' layer code breaks the graph; compiling took two
 minutes and ran slower). So on torch the runner factory picks this runner:
-the same computation as KerasHub's Gemma, Gemma 2, Gemma 3 and Gemma 4
-(text) decoder blocks, written as a few dozen torch calls per layer. On
+the same computation as KerasHub's Gemma, Gemma 2, Gemma 3, Gemma 3n and
+Gemma 4 (text) decoder blocks, written as a few dozen torch calls per layer. On
 random 512-wide, 8-layer Gemma 4 models it decoded 2.1 to 2.6 times as fast
 as Keras' layers, and 5.3 to 7 times with a mixture of experts
 (docs/benchmarks.md).
@@ -15,7 +15,16 @@ Gemma 4 (`cache_layout="per_layer"`) keeps, as `KerasRunner` does, one
 (keys, values) pair per layer that computes them, in that layer's own head
 count and width; a KV-shared layer has none and reads its source layer's,
 written earlier in the same call. Its mixture of experts runs only the
-experts each token picked. Gemma 3n's AltUp blocks run on the Keras runner.
+experts each token picked.
+
+Gemma 3n (`cache_layout="altup"`, text only) caches the same way, a
+KV-shared layer reading the last unshared layer of its kind; its pairs are
+`(rows, length, heads, dim)` like every other here, not KerasHub's
+heads-before-positions stack. Its four AltUp streams, LAuReL branch,
+per-layer inputs and sparse MLPs follow `KerasRunner._hidden_altup`
+through KerasHub's layers, down to one quirk: a query that sees no key gets
+the average of every cached value, as KerasHub's softmax over a fully
+masked row gives, not zeros.
 
 It reads the backbone's live variables on every call and copies none of
 them, so it never goes stale. Settings (sliding windows, soft caps, query
@@ -57,6 +66,17 @@ class _Gemma4Block:
     slot: int  # the cache this layer reads: its own, or (KV-shared) its source layer's
 
 
+@dataclass
+class _Gemma3nBlock:
+    block: Any
+    window: int | None
+    inv_freq: Any
+    slot: int  # its own cache, or (KV-shared) the last unshared layer of the same kind's
+    shared: bool
+    # Activation sparsity: the gate's cutoff in standard deviations above its mean, or None.
+    cutoff: Any
+
+
 def unsupported(backbone) -> str | None:
     """Why this runner cannot run the backbone's layers as they are now, or None."""
     for layer in backbone._flatten_layers(include_self=False):
@@ -64,6 +84,9 @@ def unsupported(backbone) -> str | None:
             return f"layer {layer.name!r} carries LoRA adapters (merge them, or use the Keras runner)"
         if getattr(layer, "quantization_mode", None):
             return f"layer {layer.name!r} is quantized by Keras"
+    processor = getattr(backbone, "embedding_processor", None)  # Gemma 3n: text only
+    if processor is not None and (processor.embed_vision or processor.embed_audio):
+        return "it has vision or audio embedders (text only here)"
     return None
 
 
@@ -79,11 +102,16 @@ class TorchRunner:
 
         self.torch = torch
         self.backbone = backbone
+        self.gemma4 = arch.cache_layout == "per_layer"
+        self.gemma3n = arch.cache_layout == "altup"
+        self.blocks = []
+        self._owners = []  # Gemma 4 and 3n: the layers that compute keys and values, one cache each
+        if self.gemma3n:
+            self._init_gemma3n(backbone.language_model)
+            return
         self.vocab_size = int(backbone.vocabulary_size)
         self.hidden = backbone.hidden_dim
-        self.gemma4 = arch.cache_layout == "per_layer"
-        self.blocks = []
-        self._owners = []  # Gemma 4: the layers that compute keys and values, one cache each
+        self._table = backbone.token_embedding.embeddings
         for block in backbone.transformer_layers:
             a = block.attention
             if not self.gemma4:
@@ -122,14 +150,55 @@ class TorchRunner:
             )
         self.final_cap = backbone.token_embedding.logit_soft_cap
         # Everything made here must live where the weights are (a GPU, say).
-        self.device = backbone.token_embedding.embeddings.value.device
+        self.device = self._table.value.device
+
+    def _init_gemma3n(self, text):
+        """Gemma 3n: the text model inside the backbone; caches as `KerasRunner` maps them."""
+        import torch
+        from keras import ops
+
+        self.text = text
+        self.vocab_size = int(text.vocab_size)
+        self.hidden = text.hidden_size
+        self._table = text.embed_tokens.embedding.embeddings
+        self.final_cap = text.final_logit_soft_cap
+        self.device = self._table.value.device
+        last: dict[str, int] = {}  # a KV-shared layer reads the last unshared layer of its kind
+        for i, block in enumerate(text.transformer_layers):
+            a = block.attention
+            kind = text.layer_types[i]
+            shared = i >= text.first_kv_shared_layer_idx > 0
+            if shared:
+                slot = self.blocks[last[kind]].slot
+            else:
+                last[kind] = i
+                slot = len(self._owners)
+                self._owners.append(block)
+            cutoff = None
+            if block.mlp.activation_sparsity > 0.0:
+                # As KerasHub's `_gaussian_topk`, in float32: the normal quantile of the target sparsity.
+                target = torch.tensor(block.mlp.activation_sparsity, dtype=torch.float32)
+                cutoff = torch.special.erfinv(2 * target - 1) * torch.tensor(2.0).sqrt()
+                cutoff = float(cutoff)
+            self.blocks.append(
+                _Gemma3nBlock(
+                    block=block,
+                    window=a.sliding_window,
+                    inv_freq=ops.convert_to_tensor(a.rotary_embedding._get_inverse_freq(a.head_dim)),
+                    slot=slot,
+                    shared=shared,
+                    cutoff=cutoff,
+                )
+            )
 
     def new_cache(self, rows: int, length: int) -> list:
-        """One (keys, values) pair per layer; on Gemma 4 per layer that computes them, in its own shape."""
+        """One (keys, values) pair per layer; on Gemma 4 and 3n per layer that computes them, in its own shape."""
         torch = self.torch
-        dtype = self.backbone.token_embedding.embeddings.value.dtype
+        dtype = self._table.value.dtype
         if self.gemma4:
             heads = [(b.attention.effective_num_kv_heads, b.attention.head_dim) for b in self._owners]
+        elif self.gemma3n:
+            heads = [(b.attention.num_key_value_heads, b.attention.head_dim) for b in self._owners]
         else:
             heads = [(self.backbone.num_key_value_heads, self.backbone.head_dim)] * len(self.blocks)
         shapes = [(rows, length, *h) for h in heads]
@@ -157,6 +226,12 @@ class TorchRunner:
         if hasattr(norm, "scale"):
             x = x * norm.scale.value.float()
         return x.to(dtype)
+
+    @staticmethod
+    def _rms3n(x, norm):
+        # As Gemma3nRMSNorm: in the activations' dtype, x * rsqrt(mean(x^2) + eps) * w; its value norm has no w.
+        x = x * (x.square().mean(dim=-1, keepdim=True) + norm.eps).rsqrt()
+        return x * norm.scale.value.to(x.dtype) if norm.with_scale else x
 
     def _rope(self, x, positions, inv_freq):
         torch = self.torch
@@ -267,8 +342,11 @@ class TorchRunner:
         out = torch.bmm(x.unsqueeze(0).expand(blocks, -1, -1), table.transpose(1, 2))
         return out.permute(1, 0, 2).reshape(x.shape[0], vocab)
 
-    def _attend(self, q, keys, values, mask, soft_cap, out_kernel):
-        """Grouped-query attention of `q` (b, t, heads, dim) over `keys` and `values`, through the output projection."""
+    def _attend(self, q, keys, values, mask, soft_cap, out_kernel, empty=None):
+        """Grouped-query attention of `q` (b, t, heads, dim) over `keys` and `values`, through the output projection.
+
+        `empty` (Gemma 3n): `(queries that see no key (b, t), what they get instead (b, kv heads, dim))`.
+        """
         torch = self.torch
         b, t, heads, _ = q.shape
         kv = keys.shape[2]
@@ -279,8 +357,17 @@ class TorchRunner:
         scores = scores.float().masked_fill(~mask[:, None, None], -1e9)
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         out = torch.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, heads, values.shape[-1])
-        # As KerasHub: a query that may see no key (a padding position) gets zeros, not an average.
-        out = out.masked_fill(~mask.any(dim=-1)[:, :, None, None], 0)
+        if empty is None:
+            # As KerasHub: a query that may see no key (a padding position) gets zeros, not an average.
+            out = out.masked_fill(~mask.any(dim=-1)[:, :, None, None], 0)
+        else:
+            none_seen, fill = empty
+            fill = (
+                fill[:, None, :, None, :]
+                .expand(b, 1, kv, heads // kv, fill.shape[-1])
+                .reshape(b, 1, heads, -1)
+            )
+            out = torch.where(none_seen[:, :, None, None], fill, out)
         attn = out.permute(2, 0, 1, 3).reshape(heads, b * t, -1).matmul(out_kernel).sum(0)
         return attn.reshape(b, t, -1)
 
@@ -297,23 +384,24 @@ class TorchRunner:
     ):
         torch = self.torch
         backbone = self.backbone
-        embeddings = backbone.token_embedding.embeddings.value
+        embeddings = self._table.value
         b, t = token_ids.shape
         token_ids = token_ids.long()
-        x = embeddings[token_ids]
-        device = x.device
-        x = x * self._scalar(math.sqrt(self.hidden), x.dtype)
+        device = self.device
         end = index + t  # keys past the last written position are masked anyway
         positions = torch.arange(index, end, dtype=torch.float32, device=device)
         query_pos = torch.arange(index, end, device=device)
         key_pos = torch.arange(end, device=device)
         visible = (padding_mask[:, None, :end] > 0) & (key_pos[None, None, :] <= query_pos[None, :, None])
         distance = query_pos[:, None] - key_pos[None, :]
-        if self.gemma4:
+        if self.gemma3n:
+            x = self._gemma3n_layers(token_ids, cache, index, positions, visible, distance, every_position)
+        elif self.gemma4:
+            x = self._embed(embeddings, token_ids)
             x = self._gemma4_layers(x, token_ids, cache, index, positions, visible, distance)
             x = self._rms4(x if every_position else x[:, -1:, :], backbone.layer_norm)
         else:
-            x = self._layers(x, cache, index, positions, visible, distance)
+            x = self._layers(self._embed(embeddings, token_ids), cache, index, positions, visible, distance)
             x = self._rms(x if every_position else x[:, -1:, :], backbone.layer_norm)
         logits = self._logits(x.reshape(-1, x.shape[-1]), embeddings).float()
         if self.final_cap is not None:
@@ -321,6 +409,10 @@ class TorchRunner:
         if states:
             return (logits.reshape(b, t, -1), x), cache
         return (logits.reshape(b, t, -1) if every_position else logits), cache
+
+    def _embed(self, embeddings, token_ids):
+        x = embeddings[token_ids]
+        return x * self._scalar(math.sqrt(self.hidden), x.dtype)
 
     def _layers(self, x, cache, index, positions, visible, distance):
         """Gemma 1-3's decoder blocks; writes each layer's keys and values into `cache`."""
@@ -406,6 +498,132 @@ class TorchRunner:
                 x = x + self._rms4(gated, blk.post_per_layer_input_norm)
             x = x * blk.layer_scalar.value.to(dtype)
         return x
+
+    def _gemma3n_layers(self, token_ids, cache, index, positions, visible, distance, every_position):
+        """Gemma 3n's text model, as `KerasRunner._hidden_altup` runs KerasHub's layers: the final-normed output
+        after every fed token, or (not `every_position`) after the last only.
+
+        Four AltUp streams pass through each block, which predicts all of
+        them from the active one, runs attention, LAuReL and the MLP on that
+        prediction, corrects all four by the innovation, and adds the gated
+        per-layer input to all but the first. A KV-shared layer writes
+        nothing and reads its source's cache, written earlier in this call.
+        """
+        torch = self.torch
+        gelu = torch.nn.functional.gelu
+        text = self.text
+        rms = self._rms3n
+        b, t = token_ids.shape
+        end = index + t
+        x = self._table.value[token_ids]
+        dtype = x.dtype
+        x = x * self._scalar(text.embed_tokens.embed_scale, dtype)
+        # Per-layer inputs, as KerasHub's embedding processor computes them (text only).
+        layers, width = text.num_hidden_layers, text.hidden_size_per_layer_input
+        known = (token_ids >= 0) & (token_ids < text.vocab_size_per_layer_input)
+        table = text.embed_tokens_per_layer.embedding.embeddings.value[torch.where(known, token_ids, 0)]
+        table = (table * self._scalar(text.embed_tokens_per_layer.embed_scale, dtype)).reshape(
+            b, t, layers, width
+        )
+        projected = x.matmul(text.per_layer_model_projection.kernel.value) * text.per_layer_projection_scale
+        projected = rms(projected.reshape(b, t, layers, width), text.per_layer_projection_norm)
+        per_layer = (projected + table) * text.per_layer_input_scale
+
+        def rescaled(streams, like):
+            """Each AltUp stream scaled to the magnitude of `like` (KerasHub's epsilon)."""
+            target = like.square().mean(dim=-1, keepdim=True).sqrt()
+            return [
+                s * target / s.square().mean(dim=-1, keepdim=True).clamp_min(1e-5).sqrt() for s in streams
+            ]
+
+        streams = [x, *rescaled([x.matmul(p.kernel.value) for p in text.altup_projections], x)]
+        xs = torch.stack(streams)  # (streams, b, t, hidden)
+        # Masks per window, and (as KerasHub's softmax over a fully masked row gives) a query that sees
+        # no key gets the average of every value in the cache; found once here, not once per layer.
+        masks = {}
+        for window in {spec.window for spec in self.blocks}:
+            mask = visible if window is None else visible & (distance.abs() < window)[None]
+            none_seen = ~mask.any(dim=-1)
+            masks[window] = (mask, none_seen if bool(none_seen.any()) else None)
+        for i, spec in enumerate(self.blocks):
+            blk = spec.block
+            altup, att = blk.altup, blk.attention
+            n, active = altup.altup_num_inputs, altup.altup_active_idx
+            coefs = self._modalities(xs[active], altup).matmul(altup.prediction_coefs.kernel.value)
+            coefs = coefs.reshape(b, t, n, n)  # stream i's prediction: itself + sum_j coefs[i, j] * stream j
+            predictions = torch.einsum("btij,jbtd->ibtd", coefs, xs) + xs
+            guess = predictions[active]
+            normed = rms(guess, blk.input_layernorm)
+            laurel = normed.matmul(blk.laurel.linear_left.kernel.value).matmul(
+                blk.laurel.linear_right.kernel.value
+            )
+            laurel = normed + rms(laurel, blk.laurel.post_laurel_norm)
+            q = self._rope(
+                rms(self._heads(normed, att.q_proj, att.num_attention_heads), att.q_norm),
+                positions,
+                spec.inv_freq,
+            )
+            key_cache, value_cache = cache[spec.slot]
+            if not spec.shared:
+                k = rms(self._heads(normed, att.k_proj, att.num_key_value_heads), att.k_norm)
+                key_cache[:, index:end] = self._rope(k, positions, spec.inv_freq)
+                value_cache[:, index:end] = rms(
+                    self._heads(normed, att.v_proj, att.num_key_value_heads), att.v_norm
+                )
+            mask, none_seen = masks[spec.window]
+            empty = None if none_seen is None else (none_seen, value_cache.mean(dim=1))
+            out_kernel = att.o_proj.kernel.value.view(att.num_attention_heads, att.head_dim, -1)
+            # No 1/sqrt(dim) scale and no soft cap: Gemma 3n's query and key norms stand in for them.
+            attn = self._attend(q, key_cache[:, :end], value_cache[:, :end], mask, None, out_kernel, empty)
+            attn = rms(attn, blk.post_attention_layernorm)
+            attn_laurel = (guess + attn + laurel) / math.sqrt(2)
+            ff = self._mlp3n(rms(attn_laurel, blk.pre_feedforward_layernorm), blk.mlp, spec.cutoff)
+            activated = attn_laurel + rms(ff, blk.post_feedforward_layernorm)
+            # AltUp's correction: every stream moves by the innovation, each by its own coefficient.
+            correction = self._modalities(activated, altup).matmul(altup.correction_coefs.kernel.value) + 1.0
+            corrected = (activated - guess)[None] * correction.permute(2, 0, 1)[..., None] + predictions
+            first = corrected[active]
+            if altup.altup_correct_scale:
+                first = first * altup.correct_output_scale.value.to(dtype)
+            gated = gelu(first.matmul(blk.per_layer_input_gate.kernel.value), approximate="tanh")
+            gated = (gated * per_layer[:, :, i]).matmul(blk.per_layer_projection.kernel.value)
+            gated = rms(gated, blk.post_per_layer_input_norm)
+            xs = torch.cat([corrected[:1], corrected[1:] + gated[None]])
+        if not every_position:
+            xs = xs[:, :, -1:, :]  # only the last position's logits are wanted
+        out = [
+            xs[0],
+            *rescaled(
+                [xs[j + 1].matmul(p.kernel.value) for j, p in enumerate(text.altup_unembed_projections)],
+                xs[0],
+            ),
+        ]
+        return rms(torch.stack(out).mean(dim=0), text.final_normalization)
+
+    @staticmethod
+    def _heads(x, dense, heads):
+        """A Dense projection (hidden, heads * dim) split into heads: (b, t, heads, dim)."""
+        return x.matmul(dense.kernel.value).reshape(*x.shape[:-1], heads, -1)
+
+    def _modalities(self, x, altup):
+        """AltUp's router: tanh of the routed, normalized and scaled stream (tanh in float32)."""
+        routed = (self._rms3n(x, altup.router_norm) * altup.router_input_scale).matmul(
+            altup.modality_router.kernel.value
+        )
+        return self.torch.tanh(routed.float()).to(x.dtype)
+
+    def _mlp3n(self, h, mlp, cutoff):
+        """Gemma 3n's MLP in float32; with activation sparsity, only the gate values `cutoff` standard
+        deviations above their mean pass (KerasHub's gaussian top-k)."""
+        torch = self.torch
+        gate = h.matmul(mlp.gate_proj.kernel.value).float()
+        if cutoff is not None:
+            mean = gate.mean(dim=-1, keepdim=True)
+            std = gate.std(dim=-1, keepdim=True, correction=0)
+            gate = torch.relu(gate - (mean + std * cutoff))
+        up = h.matmul(mlp.up_proj.kernel.value).float()
+        gated = torch.nn.functional.gelu(gate, approximate="tanh") * up
+        return gated.to(h.dtype).matmul(mlp.down_proj.kernel.value)
 
     def _residual(self, x, y):
         if x.dtype == self.torch.float16:  # as KerasHub: summed in float32, clipped to float16's range
