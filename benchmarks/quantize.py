@@ -99,7 +99,9 @@ def main() -> int:
         return 0
     modes = ["float32", *[m for m in args.modes.split(",") if m and m != "float32"]]
     results = []
-    for mode in modes:
+    print("| backend | mode | tok/s | RSS loaded | RSS after generating | perplexity | greedy agreement |")
+    print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    for mode in modes:  # each row as soon as it is measured: int4 on torch takes long
         proc = subprocess.run(
             [sys.executable, __file__, "--backend", args.backend, "--only", mode],
             capture_output=True,
@@ -109,16 +111,13 @@ def main() -> int:
         if proc.returncode or not lines:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
             raise SystemExit(f"{mode} failed (exit {proc.returncode})")
-        results.append(json.loads(lines[-1][len("RESULT ") :]))
-        print(f"{mode}: done", file=sys.stderr, flush=True)
-    base = results[0]["paths"]
-    print("| backend | mode | tok/s | RSS loaded | RSS after generating | perplexity | greedy agreement |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in results:
-        r["greedy_agreement"] = agreement(base, r["paths"])
+        r = json.loads(lines[-1][len("RESULT ") :])
+        results.append(r)
+        r["greedy_agreement"] = agreement(results[0]["paths"], r["paths"])
         print(
             f"| {args.backend} | {r['mode']} | {r['tokens_per_s']:.1f} | {r['rss_loaded_mb']:.0f} MB "
-            f"| {r['rss_after_mb']:.0f} MB | {r['perplexity']:.2f} | {r['greedy_agreement']:.0%} |"
+            f"| {r['rss_after_mb']:.0f} MB | {r['perplexity']:.2f} | {r['greedy_agreement']:.0%} |",
+            flush=True,
         )
     if args.json:
         with open(args.json, "w") as f:
