@@ -4,7 +4,9 @@ Measured on the CPU, float32 activations, on the Zen of Python (the text of
 benchmarks/quantize.py), 2026-11-30, JAX: float32 7.85, int8 weight-only 8.10
 (+3.2%: the embedding alone costs +0.9%, the projections alone +3.0%; each
 projection's output moves by about 1% with per-channel int8), int4 weight-only
-(groups of 128) 29.7, Keras' int8 with activations 12.84. The issue's target,
+(groups of 128) 29.7, Keras' int8 with activations 12.84 (TensorFlow 14.51,
+torch 14.92 in the earlier benchmark: the backends quantize activations with
+their own rounding). The issue's target,
 int8 within 1% of float32, is not met with Keras' per-channel int8; the bounds
 below are the measured values with a little room, so that a regression fails.
 """
@@ -22,8 +24,9 @@ import pytest
 import gemma_keras as gk
 
 pytestmark = pytest.mark.real
-# Upper bounds on perplexity / float32 perplexity (measured: 1.032, 3.78, 1.64).
-MAX_RATIO = {"int8": 1.05, "int4": 4.5, "int8-activations": 1.8}
+# Upper bounds on perplexity / float32 perplexity (measured on JAX: 1.032, 3.78, 1.64;
+# int8-activations 1.85 on TensorFlow, 1.90 on torch).
+MAX_RATIO = {"int8": 1.05, "int4": 4.5, "int8-activations": 2.0}
 
 
 def zen_of_python() -> str:
