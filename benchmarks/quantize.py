@@ -1,12 +1,16 @@
-"""int8 weight quantization against float32, same model, one process.
+"""float32 against every quantization mode, one process per mode.
 
-    python benchmarks/quantize.py --backend jax [--json out.json]
+    python benchmarks/quantize.py --backend jax [--modes int8,int4] [--json out.json]
 
-On the embedded real Gemma 3 270M: greedy decode tokens/s (64 new tokens),
-the resident memory after load and after quantization, perplexity on a fixed
-text (the Zen of Python, from the standard library), and greedy agreement:
-the share of the 64 greedy tokens, over three prompts, that match float32's
-up to the first difference.
+On the embedded real Gemma 3 270M, for float32, int8 and int4 weight-only and
+int8-activations (Keras' int8: weights and each layer's inputs): greedy decode
+tokens/s (64 new tokens, after a warm-up decode of the same length), the
+resident memory once the model is loaded (and quantized) and once it has
+generated, perplexity on a fixed text (the Zen of Python, from the standard
+library), and greedy agreement: the share of the 64 greedy tokens, over three
+prompts, that match float32's up to the first difference. Each mode runs in
+its own process, so that one mode's freed float32 weights do not count in
+another's memory.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import codecs
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "The largest planet in our solar system is"]
 NEW = 64
+MODES = ("float32", "int8", "int4", "int8-activations")
 
 
 def zen_of_python() -> str:
@@ -48,14 +54,34 @@ def perplexity(lm, text: str) -> float:
     return math.exp(nll)
 
 
-def measure(lm) -> dict:
+def measure_one(backend: str, mode: str) -> dict:
+    """Runs in the child process: one mode, everything measured."""
+    import gc
+
+    import gemma_keras as gk
     from gemma_keras.generation.decode import generate_ids
 
-    paths = [generate_ids(lm.runner, [lm.tokenizer.encode(p)], NEW)[0] for p in PROMPTS]
+    gk.use_backend(backend)
+    lm = gk.load(quantize=None if mode == "float32" else mode)
+    gc.collect()
+    r: dict = {"backend": backend, "mode": mode, "rss_loaded_mb": rss_mb()}
+    paths = [generate_ids(lm.runner, [lm.tokenizer.encode(p)], NEW)[0] for p in PROMPTS]  # also warms up
     start = time.perf_counter()
     lm.generate(PROMPTS[0], max_new_tokens=NEW, stop_token_ids=())
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": NEW / seconds, "paths": paths, "perplexity": perplexity(lm, zen_of_python())}
+    r["tokens_per_s"] = NEW / (time.perf_counter() - start)
+    r["perplexity"] = perplexity(lm, zen_of_python())
+    r["rss_after_mb"] = rss_mb()
+    r["paths"] = [list(map(int, p)) for p in paths]
+    return r
+
+
+def agreement(base: list, other: list) -> float:
+    agree = total = 0
+    for a, b in zip(base, other, strict=True):
+        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        agree += same
+        total += len(a)
+    return agree / total
 
 
 def main() -> int:
@@ -63,42 +89,39 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backend", required=True, choices=["jax", "tensorflow", "torch"])
+    parser.add_argument("--modes", default=",".join(MODES[1:]), help="besides float32 (comma-separated)")
     parser.add_argument("--json")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # the child: one mode, JSON on stdout
     args = parser.parse_args()
 
-    import gemma_keras as gk
-
-    gk.use_backend(args.backend)
-    lm = gk.load()
-    r: dict = {"backend": args.backend, "rss_float32_mb": rss_mb()}
-    base = measure(lm)
-    lm.quantize("int8")
-    import gc
-
-    gc.collect()
-    r["rss_int8_mb"] = rss_mb()
-    quant = measure(lm)
-    agree = total = 0
-    for a, b in zip(base["paths"], quant["paths"], strict=True):
-        same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-        agree += same
-        total += len(a)
-    r.update(
-        float32_tokens_per_s=base["tokens_per_s"],
-        int8_tokens_per_s=quant["tokens_per_s"],
-        float32_perplexity=base["perplexity"],
-        int8_perplexity=quant["perplexity"],
-        greedy_agreement=agree / total,
-    )
-    print(json.dumps(r, indent=2))
-    print(
-        f"| {args.backend} | {r['float32_tokens_per_s']:.1f} | {r['int8_tokens_per_s']:.1f} "
-        f"| {r['rss_float32_mb']:.0f} MB | {r['rss_int8_mb']:.0f} MB "
-        f"| {r['float32_perplexity']:.2f} | {r['int8_perplexity']:.2f} | {r['greedy_agreement']:.0%} |"
-    )
+    if args.only:
+        print("RESULT " + json.dumps(measure_one(args.backend, args.only)))
+        return 0
+    modes = ["float32", *[m for m in args.modes.split(",") if m and m != "float32"]]
+    results = []
+    print("| backend | mode | tok/s | RSS loaded | RSS after generating | perplexity | greedy agreement |")
+    print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    for mode in modes:  # each row as soon as it is measured: int4 on torch takes long
+        proc = subprocess.run(
+            [sys.executable, __file__, "--backend", args.backend, "--only", mode],
+            capture_output=True,
+            text=True,
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"{mode} failed (exit {proc.returncode})")
+        r = json.loads(lines[-1][len("RESULT ") :])
+        results.append(r)
+        r["greedy_agreement"] = agreement(results[0]["paths"], r["paths"])
+        print(
+            f"| {args.backend} | {r['mode']} | {r['tokens_per_s']:.1f} | {r['rss_loaded_mb']:.0f} MB "
+            f"| {r['rss_after_mb']:.0f} MB | {r['perplexity']:.2f} | {r['greedy_agreement']:.0%} |",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(r, f, indent=2)
+            json.dump(results, f, indent=2)
     return 0
 
 

@@ -45,11 +45,11 @@ from gemma_keras.generation.sampling import SamplingParams
 from gemma_keras.generation.speculative import DEFAULT_LOOKAHEAD, DraftStats, check_draft, speculative_decode
 from gemma_keras.generation.streaming import check_stop_strings
 from gemma_keras.generation.structured import json_constraint
+from gemma_keras.quantization import check_quantize_mode, quantization_config
 from gemma_keras.training import lora
 from gemma_keras.training.config import FinetuneConfig
 from gemma_keras.training.loop import FinetuneResult, finetune, input_names
 
-QUANTIZE_MODES = ("int8",)
 SAMPLING_FIELDS = tuple(SamplingParams.__dataclass_fields__)
 # One prompt: text, or token ids used as given.
 Prompt = str | Sequence[int]
@@ -497,18 +497,31 @@ class Gemma:
 
     # --- quantization -----------------------------------------------------------
     def quantize(self, mode: str = "int8") -> Gemma:
-        """Quantizes the weights in place with Keras' own quantization.
+        """Quantizes the weights in place with Keras' quantizers.
 
-        Only `"int8"` is offered: Keras stores int8 weights with per-channel
-        scales and quantizes each layer's inputs to int8 on the fly.
-        Returns `self`, so `gk.load().quantize("int8")` reads naturally.
+        Modes (`gemma_keras.quantization.QUANTIZE_MODES`):
+
+        - `"int8"`: weight-only. int8 weights with one abs-max scale per
+          output channel; the layers' inputs (activations) stay float.
+        - `"int4"`: weight-only. int4 weights in groups of
+          `INT4_GROUP_SIZE` (128) input values, each group with its own
+          scale and zero point; activations stay float.
+        - `"int8-activations"`: Keras' default int8 mode. int8 weights as in
+          `"int8"`, and each layer's inputs quantized to int8 on the fly too.
+          It costs the 270M model much more perplexity (docs/benchmarks.md).
+
+        Every projection is quantized, and the token embedding too, which
+        also serves as the tied output projection. Returns `self`, so
+        `gk.load().quantize("int8")` reads naturally.
         """
-        if not isinstance(mode, str) or mode not in QUANTIZE_MODES:
-            raise GenerationArgumentError(f"quantize mode must be 'int8', got {mode!r}.")
+        check_quantize_mode(mode)
         if self.info.quantization is not None:
             raise UnsupportedModelError(f"The model is already quantized ({self.info.quantization}).")
         try:
-            self.backbone.quantize(mode)
+            with warnings.catch_warnings():
+                # Keras warns once per layer kind it skips (norms, RoPE, dropout).
+                warnings.filterwarnings("ignore", message=r"Layer .* does not have a `quantize` method")
+                self.backbone.quantize(config=quantization_config(mode))
         except Exception as exc:  # Keras raises a variety here; say which backend
             raise UnsupportedModelError(
                 f"Keras cannot quantize this model to {mode} on the {self.info.backend} backend: "

@@ -92,11 +92,11 @@ def _sampling_from(args: argparse.Namespace):
     return gk.SamplingParams(**{f.name: getattr(args, f.name) for f in dataclasses.fields(gk.SamplingParams)})
 
 
-def _load(args: argparse.Namespace, source=None, dtype=None):
+def _load(args: argparse.Namespace, source=None, dtype=None, quantize=None):
     import gemma_keras as gk
 
     with Spinner() as spinner:
-        return gk.load(source, dtype=dtype, progress=spinner.update)
+        return gk.load(source, dtype=dtype, progress=spinner.update, quantize=quantize)
 
 
 def _sampling_kwargs(sampling) -> dict:
@@ -114,7 +114,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     check_stop_strings(args.stop)
     if args.draft and args.assistant:
         raise gk.GenerationArgumentError("give --draft or --assistant, not both.")
-    lm = _load(args, args.model, args.dtype)
+    lm = _load(args, args.model, args.dtype, args.quantize)
     options = dict(max_new_tokens=args.max_new_tokens, stop=args.stop or None, **_sampling_kwargs(sampling))
     if args.draft or args.assistant:
         if args.draft:
@@ -173,7 +173,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     def load():
         lm = gk.load(args.model, dtype=args.dtype)
-        if args.adapters is not None:
+        if args.adapters is not None:  # before quantizing: LoRA needs float kernels
             lm.load_adapters(args.adapters)
         if args.quantize is not None:
             lm.quantize(args.quantize)
@@ -213,7 +213,7 @@ def _cmd_chat(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     stdin = stdin or _tolerant_stdin()
     stdout = stdout or sys.stdout
     sampling = _sampling_from(args)
-    lm = _load(args, args.model, args.dtype)
+    lm = _load(args, args.model, args.dtype, args.quantize)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", gk.NotInstructionTunedWarning)
         chat = lm.chat(
@@ -338,6 +338,18 @@ def _add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show third-party log lines (TensorFlow, XLA)")
 
 
+def _add_quantize_flag(parser: argparse.ArgumentParser) -> None:
+    from gemma_keras.quantization import QUANTIZE_MODES
+
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default=None,
+        help="quantize after loading: int8 or int4 weights (activations stay float), "
+        "or int8-activations (Keras' int8: weights and each layer's inputs)",
+    )
+
+
 def _add_model_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     parser.add_argument(
         "--model",
@@ -346,6 +358,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> No
     )
     _add_common_flags(parser)
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    _add_quantize_flag(parser)
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     parser.add_argument("--top-k", type=int, default=None)
@@ -457,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or GEMMA_KERAS_API_KEY)"
     )
     srv.add_argument("--adapters", default=None, help="LoRA adapters (.npz from finetune) to apply")
-    srv.add_argument("--quantize", choices=["int8"], default=None, help="quantize the weights after loading")
+    _add_quantize_flag(srv)
     srv.add_argument("--grace", type=float, default=30.0, help="seconds in-flight requests get after SIGTERM")
     srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     srv.add_argument("--default-max-tokens", type=int, default=512, help="a chat reply's budget when unset")

@@ -49,6 +49,7 @@ from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.preset_check import check_model_dir, read_json
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.model import Gemma
+from gemma_keras.quantization import check_quantize_mode
 from gemma_keras.sources import cache
 from gemma_keras.sources.convert import convert_gguf
 from gemma_keras.sources.embedded import SOURCE_NAME, embedded_gguf, embedded_package
@@ -70,6 +71,7 @@ def load(
     *,
     dtype: str | None = None,
     progress: Progress | None = None,
+    quantize: str | None = None,
 ) -> Gemma:
     """Loads a Gemma, Gemma 2, Gemma 3 or Gemma 4 (text) model.
 
@@ -80,6 +82,9 @@ def load(
         dtype: "float32", "bfloat16" or "float16". Default: float32 on CPU,
             bfloat16 on GPU/TPU (`GEMMA_KERAS_DTYPE` overrides).
         progress: optional `callback(stage, fraction)` for long loads.
+        quantize: None, or a mode of `Gemma.quantize` applied after loading:
+            "int8" or "int4" (weight-only) or "int8-activations" (Keras'
+            int8, activations too). Checked before anything is loaded.
 
     Returns:
         A `gemma_keras.Gemma`.
@@ -94,6 +99,15 @@ def load(
         raise SourceError(
             f"source must be a path, a preset name or a hub handle, got {type(source).__name__}."
         )
+    if quantize is not None:
+        check_quantize_mode(quantize)
+    lm = _load(source, dtype, progress)
+    if quantize is not None:
+        lm.quantize(quantize)
+    return lm
+
+
+def _load(source: str | os.PathLike | None, dtype: str | None, progress: Progress | None) -> Gemma:
     backend = ensure_backend()
     dtype = validate_dtype(dtype) if dtype else default_dtype(backend)
     if source is None:

@@ -1,0 +1,46 @@
+"""The quantization modes of `Gemma.quantize`, as Keras quantization configs.
+
+Keras quantizes each layer that has a `quantize` method: every EinsumDense
+projection and the ReversibleEmbedding, whose quantized table serves both
+the token lookup and the tied output projection. Norms stay float.
+
+- "int8": weight-only. int8 weights, one abs-max scale per output channel
+  (per vocabulary row for the embedding); the layers' inputs stay float.
+- "int4": weight-only. int4 weights in groups of `INT4_GROUP_SIZE` values
+  along the input axis, each group with its own scale and zero point; the
+  inputs stay float.
+- "int8-activations": Keras' default int8 mode. Weights as in "int8", and
+  each layer's inputs quantized to int8 (abs-max per row) on every call.
+
+This module imports nothing heavy, so that the CLI can list the modes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gemma_keras.errors import GenerationArgumentError
+
+QUANTIZE_MODES = ("int8", "int4", "int8-activations")
+# int4 weights share one scale and zero point per this many input values.
+INT4_GROUP_SIZE = 128
+
+
+def check_quantize_mode(mode: Any) -> str:
+    """Returns `mode` if it is one of `QUANTIZE_MODES`; raises otherwise."""
+    if not isinstance(mode, str) or mode not in QUANTIZE_MODES:
+        choices = ", ".join(repr(m) for m in QUANTIZE_MODES)
+        raise GenerationArgumentError(f"quantize mode must be one of {choices}, got {mode!r}.")
+    return mode
+
+
+def quantization_config(mode: str):
+    """The Keras `QuantizationConfig` behind one of `QUANTIZE_MODES`."""
+    from keras.quantizers import Int4QuantizationConfig, Int8QuantizationConfig
+
+    check_quantize_mode(mode)
+    if mode == "int8":  # Keras' default weight quantizer: abs-max per output channel
+        return Int8QuantizationConfig(activation_quantizer=None)
+    if mode == "int4":
+        return Int4QuantizationConfig(activation_quantizer=None, block_size=INT4_GROUP_SIZE)
+    return Int8QuantizationConfig()  # "int8-activations": AbsMaxQuantizer on the inputs too

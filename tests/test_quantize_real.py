@@ -1,0 +1,66 @@
+"""Perplexity of the real Gemma 3 270M in each quantization mode. Run with `-m real`.
+
+Measured on the CPU, float32 activations, on the Zen of Python (the text of
+benchmarks/quantize.py), 2026-11-30, JAX: float32 7.85, int8 weight-only 8.10
+(+3.2%: the embedding alone costs +0.9%, the projections alone +3.0%; each
+projection's output moves by about 1% with per-channel int8), int4 weight-only
+(groups of 128) 29.7, Keras' int8 with activations 12.84 (TensorFlow 14.51,
+torch 14.92 in the earlier benchmark: the backends quantize activations with
+their own rounding). The issue's target,
+int8 within 1% of float32, is not met with Keras' per-channel int8; the bounds
+below are the measured values with a little room, so that a regression fails.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import math
+
+import numpy as np
+import pytest
+
+import gemma_keras as gk
+
+pytestmark = pytest.mark.real
+# Upper bounds on perplexity / float32 perplexity (measured on JAX: 1.032, 3.78, 1.64;
+# int8-activations 1.85 on TensorFlow, 1.90 on torch).
+MAX_RATIO = {"int8": 1.05, "int4": 4.5, "int8-activations": 2.0}
+
+
+def zen_of_python() -> str:
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints it
+        import this
+    return codecs.decode(this.s, "rot13")
+
+
+def perplexity(lm, text: str) -> float:
+    ids = lm.tokenizer.encode(text)
+    logits = lm.score(ids)[:-1].astype(np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    logprobs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    return math.exp(-logprobs[np.arange(len(ids) - 1), ids[1:]].mean())
+
+
+@pytest.fixture(scope="module")
+def float32_perplexity(real_model):
+    value = perplexity(real_model, zen_of_python())
+    assert 7.7 < value < 8.0  # 7.85, as transformers computes for the same GGUF
+    return value
+
+
+def test_weight_only_int8_beats_keras_int8_with_activations(float32_perplexity):
+    measured = {}
+    for mode in ("int8", "int8-activations"):
+        lm = gk.load(quantize=mode)  # its own copy: quantize changes the model in place
+        measured[mode] = perplexity(lm, zen_of_python()) / float32_perplexity
+        assert 1.0 < measured[mode] < MAX_RATIO[mode], (mode, measured[mode])
+        del lm
+    assert measured["int8"] < 1.1 < measured["int8-activations"]
+
+
+def test_weight_only_int4_perplexity(float32_perplexity):
+    lm = gk.load(quantize="int4")
+    ratio = perplexity(lm, zen_of_python()) / float32_perplexity
+    assert 1.0 < ratio < MAX_RATIO["int4"], ratio
