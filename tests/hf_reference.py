@@ -317,3 +317,45 @@ def assert_transformers_logits(checkpoint: Path, ids: list[int], want, atol: flo
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
     with torch.no_grad():
         np.testing.assert_allclose(model(torch.tensor([ids])).logits[0, -1].numpy(), want, atol=atol)
+
+
+def assert_plain_torch_matches_keras(lm, prompts: list[str], atol: float = 3e-5) -> None:
+    """`lm` runs on the plain-torch runner, and every call the decode loop makes gives the Keras layers'
+    logits: a batched prefill of rows of different lengths (`prompts[0]` past the tiny models' sliding
+    window of 8), single steps, `select_rows` (an empty row), `copy_row`, `lengthen`, `forward_all`."""
+    import numpy as np
+
+    from gemma_keras.generation.decode import Batch, Request
+    from gemma_keras.generation.runner import make_runner
+
+    assert type(lm.runner).__name__ == "TorchRunner"
+    keras_runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
+    assert type(keras_runner).__name__ == "KerasRunner"
+    requests = [Request(lm.tokenizer.encode(p), 40) for p in (prompts[0], "model", prompts[1])]
+    assert max(len(r.prompt) for r in requests) > 8 > min(len(r.prompt) for r in requests)
+    (fast, a), (slow, b) = (Batch.prefill(r, requests) for r in (lm.runner, keras_runner))
+    np.testing.assert_allclose(a, b, atol=atol)
+    rng = np.random.default_rng(0)
+
+    def feed(tokens: int, every_position: bool = False):
+        ids = rng.integers(3, lm.runner.vocab_size, (fast.size, tokens)).astype(np.int32)
+        out = []
+        for batch in (fast, slow):
+            call = batch.runner.forward_all if every_position else batch.runner.forward
+            logits, batch.cache = call(ids, batch._runner_mask(), batch.cache, batch.index)
+            batch.index += tokens
+            out.append(logits)
+        np.testing.assert_allclose(*out, atol=atol)
+
+    for _ in range(10):  # one token at a time, well past the window
+        feed(1)
+    for batch in (fast, slow):
+        batch.resize(4)  # select_rows: an empty row, whose queries see no key at all
+    feed(1)
+    for batch in (fast, slow):
+        batch.join(Request(lm.tokenizer.encode(prompts[1]), 8))  # prefilled alone, then copy_row
+        batch.lengthen(2 * batch.length)
+    assert fast.rows[3] is not None
+    feed(1)
+    feed(3, every_position=True)  # as speculative decoding checks a draft
+    feed(1)

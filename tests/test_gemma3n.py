@@ -14,6 +14,7 @@ import gemma_keras as gk
 from tests.conftest import generate_ids
 from tests.hf_reference import (
     GEMMA3N_TOKENS,
+    assert_plain_torch_matches_keras,
     assert_transformers_logits,
     finetune_tiny,
     tiny_proto,
@@ -165,43 +166,10 @@ def test_plain_torch_runner_matches_the_keras_layers(lm):
     Within 3e-5, as Gemma 4's: float32 rounding on these tiny random models.
     """
     from gemma_keras.backend.devices import capabilities
-    from gemma_keras.generation.decode import Batch, Request
-    from gemma_keras.generation.runner import make_runner
 
     if not capabilities().plain_torch:
         pytest.skip("the plain-torch runner exists only on the torch backend")
-    assert type(lm.runner).__name__ == "TorchRunner"
-    keras_runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
-    assert type(keras_runner).__name__ == "KerasRunner"
-    # Rows of different lengths (left-padded); the longest is past the sliding window of 8.
-    requests = [Request(lm.tokenizer.encode(p), 40) for p in (PROMPTS[0], "model", PROMPTS[1])]
-    assert max(len(r.prompt) for r in requests) > 8 > min(len(r.prompt) for r in requests)
-    (fast, a), (slow, b) = (Batch.prefill(r, requests) for r in (lm.runner, keras_runner))
-    np.testing.assert_allclose(a, b, atol=3e-5)
-    rng = np.random.default_rng(0)
-
-    def feed(tokens: int, every_position: bool = False):
-        ids = rng.integers(3, lm.runner.vocab_size, (fast.size, tokens)).astype(np.int32)
-        out = []
-        for batch in (fast, slow):
-            call = batch.runner.forward_all if every_position else batch.runner.forward
-            logits, batch.cache = call(ids, batch._runner_mask(), batch.cache, batch.index)
-            batch.index += tokens
-            out.append(logits)
-        np.testing.assert_allclose(*out, atol=3e-5)
-
-    for _ in range(10):  # one token at a time, well past the window
-        feed(1)
-    for batch in (fast, slow):
-        batch.resize(4)  # select_rows: an empty row, whose queries see no key at all
-    feed(1)
-    for batch in (fast, slow):
-        batch.join(Request(lm.tokenizer.encode(PROMPTS[1]), 8))  # prefilled alone, then copy_row
-        batch.lengthen(2 * batch.length)
-    assert fast.rows[3] is not None
-    feed(1)
-    feed(3, every_position=True)  # as speculative decoding checks a draft
-    feed(1)
+    assert_plain_torch_matches_keras(lm, PROMPTS)
 
 
 def test_chat_uses_gemma_turns(lm):
