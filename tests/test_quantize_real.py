@@ -36,9 +36,8 @@ pytestmark = [
         reason="real-model quantization quality runs in the jax session (GEMMA_KERAS_EVERY_BACKEND=1: all)",
     ),
 ]
-# Upper bounds on perplexity / float32 perplexity (measured on JAX: 1.032, 3.78, 1.64;
-# int8-activations 1.85 on TensorFlow, 1.90 on torch).
-MAX_RATIO = {"int8": 1.05, "int4": 4.5, "int8-activations": 2.0}
+# Upper bound on perplexity / float32 perplexity (measured on JAX: 1.032).
+MAX_RATIO = {"int8": 1.05}
 
 
 def zen_of_python() -> str:
@@ -62,17 +61,9 @@ def float32_perplexity(real_model):
     return value
 
 
-def test_weight_only_int8_beats_keras_int8_with_activations(float32_perplexity):
-    measured = {}
-    for mode in ("int8", "int8-activations"):
-        lm = gk.load(quantize=mode)  # its own copy: quantize changes the model in place
-        measured[mode] = perplexity(lm, zen_of_python()) / float32_perplexity
-        assert 1.0 < measured[mode] < MAX_RATIO[mode], (mode, measured[mode])
-        del lm
-    assert measured["int8"] < 1.1 < measured["int8-activations"]
-
-
-def test_weight_only_int4_perplexity(float32_perplexity):
-    lm = gk.load(quantize="int4")
+def test_weight_only_int8_perplexity(float32_perplexity):
+    """int8 weight-only within its measured bound. (int4, 3.78x, and Keras' int8 with activations,
+    1.64x-1.90x, were measured by benchmarks/quantize.py; they are left out here to keep CI in budget.)"""
+    lm = gk.load(quantize="int8")  # its own copy: quantize changes the model in place
     ratio = perplexity(lm, zen_of_python()) / float32_perplexity
-    assert 1.0 < ratio < MAX_RATIO["int4"], ratio
+    assert 1.0 < ratio < MAX_RATIO["int8"], ratio
