@@ -25,9 +25,9 @@ import pytest
 import gemma_keras as gk
 from tests.conftest import BACKEND
 
-# Each mode's real-model perplexity costs about 1.5 min per backend; tests/test_quantize.py checks
+# The real-model perplexity costs about 1 min per backend; tests/test_quantize.py checks
 # every mode on every backend on tiny models, and this runs in the JAX session only, to keep CI in
-# its budget. By hand on 2026-11-30 both tests passed on torch and the int8 one on TensorFlow:
+# its budget. By hand on 2026-11-30 the int8 bound held on torch and TensorFlow too:
 # `GEMMA_KERAS_EVERY_BACKEND=1 KERAS_BACKEND=torch pytest -m real tests/test_quantize_real.py`.
 pytestmark = [
     pytest.mark.real,
