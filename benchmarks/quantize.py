@@ -2,11 +2,12 @@
 
     python benchmarks/quantize.py --backend jax [--modes int8,int4] [--json out.json]
 
-On the embedded real Gemma 3 270M, for float32, int8 and int4 weight-only and
-int8-activations (Keras' int8: weights and each layer's inputs): greedy decode
+On the embedded real Gemma 3 270M, for float32, int8 and int4 weight-only,
+int8-activations (Keras' int8: weights and each layer's inputs) and gguf (the
+file's own Q4_K_M blocks, packed for torch's int4 kernel): greedy decode
 tokens/s (64 new tokens, after a warm-up decode of the same length), the
 resident memory once the model is loaded (and quantized) and once it has
-generated, perplexity on a fixed text (the Zen of Python, from the standard
+generated, the process's peak, perplexity (through the runner that generates) on a fixed text (the Zen of Python, from the standard
 library), and greedy agreement: the share of the 64 greedy tokens, over three
 prompts, that match float32's up to the first difference. Each mode runs in
 its own process, so that one mode's freed float32 weights do not count in
@@ -26,7 +27,7 @@ import time
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "The largest planet in our solar system is"]
 NEW = 64
-MODES = ("float32", "int8", "int4", "int8-activations")
+MODES = ("float32", "int8", "int4", "int8-activations", "gguf")
 
 
 def zen_of_python() -> str:
@@ -43,11 +44,20 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
 def perplexity(lm, text: str) -> float:
+    """Through the model's runner, which is what generates (for "gguf" on torch: the packed blocks)."""
     import numpy as np
 
     ids = lm.tokenizer.encode(text)
-    logits = lm.score(ids)[:-1].astype(np.float64)
+    runner = lm.runner
+    mask = runner.prepare_mask(np.ones((1, len(ids))))
+    logits, _ = runner.forward_all(np.asarray([ids]), mask, runner.new_cache(1, len(ids)), 0)
+    logits = logits[0, :-1].astype(np.float64)
     logits -= logits.max(axis=-1, keepdims=True)
     logprobs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     nll = -logprobs[np.arange(len(ids) - 1), ids[1:]].mean()
@@ -71,6 +81,7 @@ def measure_one(backend: str, mode: str) -> dict:
     r["tokens_per_s"] = NEW / (time.perf_counter() - start)
     r["perplexity"] = perplexity(lm, zen_of_python())
     r["rss_after_mb"] = rss_mb()
+    r["peak_rss_mb"] = peak_rss_mb()
     r["paths"] = [list(map(int, p)) for p in paths]
     return r
 
@@ -99,8 +110,10 @@ def main() -> int:
         return 0
     modes = ["float32", *[m for m in args.modes.split(",") if m and m != "float32"]]
     results = []
-    print("| backend | mode | tok/s | RSS loaded | RSS after generating | perplexity | greedy agreement |")
-    print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    print(
+        "| backend | mode | tok/s | RSS loaded | RSS after generating | peak RSS | perplexity | greedy agreement |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for mode in modes:  # each row as soon as it is measured: int4 on torch takes long
         proc = subprocess.run(
             [sys.executable, __file__, "--backend", args.backend, "--only", mode],
@@ -116,7 +129,8 @@ def main() -> int:
         r["greedy_agreement"] = agreement(results[0]["paths"], r["paths"])
         print(
             f"| {args.backend} | {r['mode']} | {r['tokens_per_s']:.1f} | {r['rss_loaded_mb']:.0f} MB "
-            f"| {r['rss_after_mb']:.0f} MB | {r['perplexity']:.2f} | {r['greedy_agreement']:.0%} |",
+            f"| {r['rss_after_mb']:.0f} MB | {r['peak_rss_mb']:.0f} MB | {r['perplexity']:.2f} "
+            f"| {r['greedy_agreement']:.0%} |",
             flush=True,
         )
     if args.json:

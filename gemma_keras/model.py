@@ -45,7 +45,7 @@ from gemma_keras.generation.sampling import SamplingParams
 from gemma_keras.generation.speculative import DEFAULT_LOOKAHEAD, DraftStats, check_draft, speculative_decode
 from gemma_keras.generation.streaming import check_stop_strings
 from gemma_keras.generation.structured import json_constraint
-from gemma_keras.quantization import check_quantize_mode, quantization_config
+from gemma_keras.quantization import GGUF_MODE, check_quantize_mode, quantization_config
 from gemma_keras.training import lora
 from gemma_keras.training.config import FinetuneConfig
 from gemma_keras.training.loop import FinetuneResult, finetune, input_names
@@ -129,6 +129,13 @@ class Gemma:
     def _new_runner(self) -> None:
         # A runner holds the variable list it was built for; changed layers need a new one.
         self.runner = make_runner(self.causal_lm, self.architecture)
+        if self.info.quantization == GGUF_MODE:  # the file's blocks no longer describe the weights
+            self.info.quantization = None
+
+    def _keep_gguf_blocks(self, path: str | os.PathLike) -> None:
+        """Runs the GGUF file this model was loaded from as its own quantized blocks (`quantize="gguf"`)."""
+        self.runner = make_runner(self.causal_lm, self.architecture, gguf_blocks=path)
+        self.info.quantization = GGUF_MODE
 
     # --- generation -----------------------------------------------------------
     def generate(

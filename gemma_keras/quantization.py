@@ -12,6 +12,12 @@ the token lookup and the tied output projection. Norms stay float.
 - "int8-activations": Keras' default int8 mode. Weights as in "int8", and
   each layer's inputs quantized to int8 (abs-max per row) on every call.
 
+At load only (`gk.load(path, quantize="gguf")`, `GGUF_MODE`): keep a
+quantized GGUF's own blocks. On torch (CPU) the plain-torch runner
+multiplies by them packed for torch's int4 kernel, with the file's values
+(`formats.gguf_blocks`, `generation.packed_torch`); elsewhere the float32
+weights, which hold the same values, run.
+
 This module imports nothing heavy, so that the CLI can list the modes.
 """
 
@@ -22,14 +28,22 @@ from typing import Any
 from gemma_keras.errors import GenerationArgumentError
 
 QUANTIZE_MODES = ("int8", "int4", "int8-activations")
+GGUF_MODE = "gguf"
+LOAD_QUANTIZE_MODES = (*QUANTIZE_MODES, GGUF_MODE)
 # int4 weights share one scale and zero point per this many input values.
 INT4_GROUP_SIZE = 128
 
 
-def check_quantize_mode(mode: Any) -> str:
-    """Returns `mode` if it is one of `QUANTIZE_MODES`; raises otherwise."""
-    if not isinstance(mode, str) or mode not in QUANTIZE_MODES:
-        choices = ", ".join(repr(m) for m in QUANTIZE_MODES)
+def check_quantize_mode(mode: Any, at_load: bool = False) -> str:
+    """Returns `mode` if it is one of `QUANTIZE_MODES` (or, `at_load`, `LOAD_QUANTIZE_MODES`); raises otherwise."""
+    modes = LOAD_QUANTIZE_MODES if at_load else QUANTIZE_MODES
+    if mode == GGUF_MODE and not at_load:
+        raise GenerationArgumentError(
+            "quantize mode 'gguf' keeps a GGUF file's own blocks, so it is chosen when loading: "
+            "gk.load('model.gguf', quantize='gguf')."
+        )
+    if not isinstance(mode, str) or mode not in modes:
+        choices = ", ".join(repr(m) for m in modes)
         raise GenerationArgumentError(f"quantize mode must be one of {choices}, got {mode!r}.")
     return mode
 

@@ -12,8 +12,14 @@ import gemma_keras
 ROOT = Path(gemma_keras.__file__).parent
 PACKAGE = "gemma_keras"
 BACKEND_NAMES = {"jax", "tensorflow", "torch"}
-# Where backend names may appear: the backend layer, the runner factory, the torch runner.
-BACKEND_ROOMS = ("backend/", "generation/runner.py", "generation/torch_runner.py")
+# Where backend names may appear: the backend layer, the runner factory, the torch runner and its
+# packed products.
+BACKEND_ROOMS = (
+    "backend/",
+    "generation/runner.py",
+    "generation/torch_runner.py",
+    "generation/packed_torch.py",
+)
 
 
 def _modules() -> dict[str, Path]:

@@ -171,7 +171,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"the model {model} does not exist.")
     api_key = args.api_key or os.environ.get("GEMMA_KERAS_API_KEY") or None
 
+    if args.quantize == "gguf" and args.adapters is not None:
+        raise UsageError("--adapters changes the weights, so --quantize gguf cannot keep the file's blocks.")
+
     def load():
+        if args.quantize == "gguf":
+            return gk.load(args.model, dtype=args.dtype, quantize="gguf")
         lm = gk.load(args.model, dtype=args.dtype)
         if args.adapters is not None:  # before quantizing: LoRA needs float kernels
             lm.load_adapters(args.adapters)
@@ -339,14 +344,15 @@ def _add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_quantize_flag(parser: argparse.ArgumentParser) -> None:
-    from gemma_keras.quantization import QUANTIZE_MODES
+    from gemma_keras.quantization import LOAD_QUANTIZE_MODES
 
     parser.add_argument(
         "--quantize",
-        choices=QUANTIZE_MODES,
+        choices=LOAD_QUANTIZE_MODES,
         default=None,
         help="quantize after loading: int8 or int4 weights (activations stay float), "
-        "or int8-activations (Keras' int8: weights and each layer's inputs)",
+        "or int8-activations (Keras' int8: weights and each layer's inputs); "
+        "or gguf: keep a GGUF file's own quantized blocks (fast on torch)",
     )
 
 

@@ -16,6 +16,8 @@ backend name.
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +26,7 @@ from gemma_keras.architectures.record import Architecture
 from gemma_keras.backend.devices import capabilities
 from gemma_keras.backend.selection import current_backend
 from gemma_keras.errors import GenerationArgumentError
+from gemma_keras.formats.gguf_blocks import check_keeps_blocks
 from gemma_keras.generation import keras_runner, torch_runner
 
 KINDS = ("keras", "torch")
@@ -75,7 +78,9 @@ class Runner(Protocol):
         """A cache of `length` positions per row holding `cache`'s in its first ones; the rest empty."""
 
 
-def make_runner(causal_lm, arch: Architecture, kind: str | None = None) -> Runner:
+def make_runner(
+    causal_lm, arch: Architecture, kind: str | None = None, gguf_blocks: str | os.PathLike | None = None
+) -> Runner:
     """The runner for a model on the current backend.
 
     `kind=None` picks the fastest that can run it: the plain-torch runner on
@@ -83,11 +88,26 @@ def make_runner(causal_lm, arch: Architecture, kind: str | None = None) -> Runne
     quantization), the Keras runner otherwise. `kind="keras"` forces the
     Keras layers; `kind="torch"` the plain-torch runner, or an error saying
     why it cannot run.
+
+    `gguf_blocks` (the GGUF file the model was loaded from) makes the
+    plain-torch runner multiply by the file's own quantized blocks, packed
+    for torch's int4 CPU kernel (`packed_torch`). Only torch on a CPU has
+    that kernel: elsewhere a `UserWarning` says so and the model runs on its
+    float weights, which hold the same values.
     """
     if kind is not None and (not isinstance(kind, str) or kind not in KINDS):
         raise GenerationArgumentError(f"runner kind must be one of {KINDS} or None, got {kind!r}.")
     caps = capabilities()
     backbone = causal_lm.backbone
+    if gguf_blocks is not None:
+        check_keeps_blocks(arch)
+        if caps.plain_torch and kind != "keras":
+            return _packed_runner(backbone, arch, gguf_blocks)
+        warnings.warn(
+            f"quantize='gguf' packs the file's blocks for torch's CPU kernel only; on "
+            f"{current_backend()!r} the model runs its float32 weights (the same values, no speed-up).",
+            stacklevel=3,
+        )
     torch_ok = caps.plain_torch and arch.plain_torch
     if kind == "torch" or (kind is None and torch_ok and not torch_runner.unsupported(backbone)):
         if current_backend() != "torch":
@@ -99,3 +119,21 @@ def make_runner(causal_lm, arch: Architecture, kind: str | None = None) -> Runne
             raise GenerationArgumentError(f"the plain-torch runner cannot run this model: {reason}.")
         return torch_runner.TorchRunner(backbone, arch)
     return keras_runner.KerasRunner(causal_lm, arch, sharded=caps.shards_variables)
+
+
+def _packed_runner(backbone, arch: Architecture, path: str | os.PathLike) -> Runner:
+    from gemma_keras.formats.gguf_blocks import matmul_weights
+    from gemma_keras.generation.packed_torch import pack_weights
+
+    reason = torch_runner.unsupported(backbone) or (None if arch.plain_torch else arch.title)
+    if reason:
+        raise GenerationArgumentError(f"the packed GGUF blocks cannot run this model: {reason}.")
+    device = str(backbone.token_embedding.embeddings.value.device)
+    if device != "cpu":
+        raise GenerationArgumentError(
+            f"quantize='gguf' runs torch's int4 CPU kernel, but the model is on {device!r}; "
+            "load it without quantize='gguf' there."
+        )
+    layers = len(backbone.transformer_layers)
+    packed = pack_weights(matmul_weights(path, arch), torch_runner.fused_products(layers))
+    return torch_runner.TorchRunner(backbone, arch, packed=packed)

@@ -27,7 +27,10 @@ the average of every cached value, as KerasHub's softmax over a fully
 masked row gives, not zeros.
 
 It reads the backbone's live variables on every call and copies none of
-them, so it never goes stale. Settings (sliding windows, soft caps, query
+them, so it never goes stale. The one exception is `packed`: Gemma 1-3
+projections handed in as `PackedLinear` (a GGUF's own quantized blocks, see
+`packed_torch`), which the runner then multiplies by instead of the Keras
+kernels that hold the same values in float32. Settings (sliding windows, soft caps, query
 scale, RoPE frequencies) are read from KerasHub's own layer objects. Models
 whose layers carry LoRA adapters or Keras quantization use the Keras runner.
 Tests hold it to KerasHub's logits on every architecture.
@@ -43,6 +46,7 @@ import numpy as np
 
 from gemma_keras.errors import GenerationArgumentError
 from gemma_keras.generation.keras_runner import last_owners
+from gemma_keras.generation.packed_torch import PackedLinear
 
 
 @dataclass
@@ -77,6 +81,16 @@ class _Gemma3nBlock:
     cutoff: Any
 
 
+def fused_products(layers: int) -> list[tuple[str, ...]]:
+    """Gemma 1-3: the packed weights each layer multiplies as one (q, k, v; gate, up), by Keras weight path."""
+    out = []
+    for i in range(layers):
+        at = f"transformer_layers.{i}."
+        out.append(tuple(f"{at}attention.{p}_dense.kernel" for p in ("query", "key", "value")))
+        out.append((f"{at}gating_ffw.kernel", f"{at}gating_ffw_2.kernel"))
+    return out
+
+
 def unsupported(backbone) -> str | None:
     """Why this runner cannot run the backbone's layers as they are now, or None."""
     for layer in backbone._flatten_layers(include_self=False):
@@ -96,11 +110,18 @@ class TorchRunner:
     chunk = 0  # eager torch has no per-call compile cost for chunks to spread
     batch_multiple = 1
 
-    def __init__(self, backbone, arch):
+    def __init__(self, backbone, arch, packed: dict | None = None):
         import torch
         from keras import ops
 
         self.torch = torch
+        self._scalars: dict = {}
+        self._angles: dict = {}  # RoPE's cos and sin for the positions of the current call
+        # Keras weight path (`token_embedding.embeddings`, `transformer_layers.{i}.<attribute path>`) to
+        # the `PackedLinear` that replaces it in the products; Gemma 1-3 only.
+        self.packed = dict(packed or {})
+        if self.packed and arch.cache_layout in ("per_layer", "altup"):
+            raise GenerationArgumentError(f"packed weights are not wired up for {arch.title} here.")
         self.backbone = backbone
         self.gemma4 = arch.cache_layout == "per_layer"
         self.gemma3n = arch.cache_layout == "altup"
@@ -207,14 +228,10 @@ class TorchRunner:
             for s in shapes
         ]
 
-    @staticmethod
-    def _rms(x, norm):
-        # As KerasHub's RMSNormalization: float32, x / sqrt(mean(x^2) + eps) * (1 + w).
-        dtype = x.dtype
-        x = x.float()
-        var = x.square().mean(dim=-1, keepdim=True)
-        x = x * (1.0 / (var + norm.epsilon).sqrt())
-        return (x * (1 + norm.scale.value.float())).to(dtype)
+    def _rms(self, x, norm):
+        # As KerasHub's RMSNormalization: float32, x / sqrt(mean(x^2) + eps) * (1 + w); one fused op.
+        weight = 1 + norm.scale.value.float()
+        return self.torch.nn.functional.rms_norm(x.float(), weight.shape, weight, norm.epsilon).to(x.dtype)
 
     @staticmethod
     def _rms4(x, norm):
@@ -235,9 +252,16 @@ class TorchRunner:
 
     def _rope(self, x, positions, inv_freq):
         torch = self.torch
-        freq = positions[:, None] * inv_freq[None, :]
-        emb = torch.cat((freq, freq), dim=-1)
-        cos, sin = emb.cos().to(x.dtype)[None, :, None, :], emb.sin().to(x.dtype)[None, :, None, :]
+        # The angles depend only on the positions of this call: found once per frequency table, not per layer.
+        key = (id(inv_freq), x.dtype)
+        if key not in self._angles:
+            freq = positions[:, None] * inv_freq[None, :]
+            emb = torch.cat((freq, freq), dim=-1)
+            self._angles[key] = (
+                emb.cos().to(x.dtype)[None, :, None, :],
+                emb.sin().to(x.dtype)[None, :, None, :],
+            )
+        cos, sin = self._angles[key]
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -368,16 +392,58 @@ class TorchRunner:
                 .reshape(b, 1, heads, -1)
             )
             out = torch.where(none_seen[:, :, None, None], fill, out)
+        if isinstance(out_kernel, PackedLinear):
+            return out_kernel(out.reshape(b, t, -1))
         attn = out.permute(2, 0, 1, 3).reshape(heads, b * t, -1).matmul(out_kernel).sum(0)
         return attn.reshape(b, t, -1)
 
-    def _mlp(self, h, blk):
-        gate = self.torch.nn.functional.gelu(h.matmul(blk.gating_ffw.kernel.value), approximate="tanh")
-        return (gate * h.matmul(blk.gating_ffw_2.kernel.value)).matmul(blk.ffw_linear.kernel.value)
+    def _mlp(self, h, blk, prefix: str = ""):
+        both = self.packed.get((f"{prefix}gating_ffw.kernel", f"{prefix}gating_ffw_2.kernel"))
+        if both is not None:
+            gate, up = both(h).chunk(2, dim=-1)
+            gate = self.torch.nn.functional.gelu(gate, approximate="tanh")
+            return self._dense(gate * up, blk.ffw_linear, f"{prefix}ffw_linear")
+        gate = self._dense(h, blk.gating_ffw, f"{prefix}gating_ffw")
+        gate = self.torch.nn.functional.gelu(gate, approximate="tanh")
+        return self._dense(
+            gate * self._dense(h, blk.gating_ffw_2, f"{prefix}gating_ffw_2"),
+            blk.ffw_linear,
+            f"{prefix}ffw_linear",
+        )
+
+    def _dense(self, x, layer, path: str):
+        """`x @ kernel` for a Dense layer, or its packed weight under `path`."""
+        packed = self.packed.get(f"{path}.kernel")
+        return x.matmul(layer.kernel.value) if packed is None else packed(x)
+
+    def _qkv(self, h, att, at: str):
+        """Gemma 1-3's query, key and value heads of `h`: packed as one product when they are."""
+        paths = tuple(f"{at}attention.{p}_dense" for p in ("query", "key", "value"))
+        heads = (att.num_query_heads, att.num_key_value_heads, att.num_key_value_heads)
+        together = self.packed.get(tuple(f"{p}.kernel" for p in paths))
+        if together is None:
+            layers = (att.query_dense, att.key_dense, att.value_dense)
+            return [self._heads_of(h, layer, p, n) for layer, p, n in zip(layers, paths, heads, strict=True)]
+        y = together(h)
+        dim = y.shape[-1] // sum(heads)
+        parts = y.split([n * dim for n in heads], dim=-1)
+        return [p.reshape(*p.shape[:-1], n, dim) for p, n in zip(parts, heads, strict=True)]
+
+    def _heads_of(self, x, layer, path: str, heads: int):
+        """An EinsumDense (heads, hidden, dim) projection of `x`, or its packed weight: `(b, t, heads, dim)`."""
+        packed = self.packed.get(f"{path}.kernel")
+        if packed is None:
+            return self._heads_in(x, layer.kernel.value)
+        y = packed(x)
+        return y.reshape(*y.shape[:-1], heads, -1)
 
     def _scalar(self, value: float, dtype):
         # A Python number cast to the activations' dtype first, as `ops.cast(value, dtype)` in KerasHub.
-        return self.torch.tensor(value, dtype=self.torch.float32, device=self.device).to(dtype)
+        key = (float(value), dtype)
+        if key not in self._scalars:
+            torch = self.torch
+            self._scalars[key] = torch.tensor(value, dtype=torch.float32, device=self.device).to(dtype)
+        return self._scalars[key]
 
     def _forward(
         self, token_ids, padding_mask, cache, index: int, every_position: bool = False, states: bool = False
@@ -385,6 +451,7 @@ class TorchRunner:
         torch = self.torch
         backbone = self.backbone
         embeddings = self._table.value
+        self._angles = {}
         b, t = token_ids.shape
         token_ids = token_ids.long()
         device = self.device
@@ -403,7 +470,9 @@ class TorchRunner:
         else:
             x = self._layers(self._embed(embeddings, token_ids), cache, index, positions, visible, distance)
             x = self._rms(x if every_position else x[:, -1:, :], backbone.layer_norm)
-        logits = self._logits(x.reshape(-1, x.shape[-1]), embeddings).float()
+        output = self.packed.get("token_embedding.embeddings")
+        flat = x.reshape(-1, x.shape[-1])
+        logits = (self._logits(flat, embeddings) if output is None else output(flat)).float()
         if self.final_cap is not None:
             logits = torch.tanh(logits / self.final_cap) * self.final_cap
         if states:
@@ -417,13 +486,13 @@ class TorchRunner:
     def _layers(self, x, cache, index, positions, visible, distance):
         """Gemma 1-3's decoder blocks; writes each layer's keys and values into `cache`."""
         end = index + x.shape[1]
-        for spec, (key_cache, value_cache) in zip(self.blocks, cache, strict=True):
+        masks = {}
+        for i, (spec, (key_cache, value_cache)) in enumerate(zip(self.blocks, cache, strict=True)):
             blk = spec.block
             att = blk.attention
+            at = f"transformer_layers.{i}."
             h = self._rms(x, blk.pre_attention_norm)
-            q = self._heads_in(h, att.query_dense.kernel.value)
-            k = self._heads_in(h, att.key_dense.kernel.value)
-            v = self._heads_in(h, att.value_dense.kernel.value)
+            q, k, v = self._qkv(h, att, at)
             if spec.qk_norm:
                 q = self._rms(q, att.query_norm)
                 k = self._rms(k, att.key_norm)
@@ -433,13 +502,18 @@ class TorchRunner:
             value_cache[:, index:end] = v
             keys, values = key_cache[:, :end], value_cache[:, :end]
             q = q * self._scalar(spec.scale, q.dtype)
-            mask = visible if spec.window is None else visible & (distance.abs() < spec.window)[None]
-            attn = self._attend(q, keys, values, mask, spec.soft_cap, att.output_dense.kernel.value)
+            if spec.window not in masks:
+                masks[spec.window] = (
+                    visible if spec.window is None else visible & (distance.abs() < spec.window)[None]
+                )
+            mask = masks[spec.window]
+            out_kernel = self.packed.get(f"{at}attention.output_dense.kernel", att.output_dense.kernel.value)
+            attn = self._attend(q, keys, values, mask, spec.soft_cap, out_kernel)
             if spec.post_norms:
                 attn = self._rms(attn, blk.post_attention_norm)
             x = x + attn
             h = self._rms(x, blk.pre_ffw_norm)
-            ff = self._mlp(h, blk)
+            ff = self._mlp(h, blk, at)
             if spec.post_norms:
                 ff = self._rms(ff, blk.post_ffw_norm)
             x = x + ff

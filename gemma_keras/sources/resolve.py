@@ -49,7 +49,7 @@ from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.preset_check import check_model_dir, read_json
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.model import Gemma
-from gemma_keras.quantization import check_quantize_mode
+from gemma_keras.quantization import GGUF_MODE, check_quantize_mode
 from gemma_keras.sources import cache
 from gemma_keras.sources.convert import convert_gguf
 from gemma_keras.sources.embedded import SOURCE_NAME, embedded_gguf, embedded_package
@@ -84,7 +84,10 @@ def load(
         progress: optional `callback(stage, fraction)` for long loads.
         quantize: None, or a mode of `Gemma.quantize` applied after loading:
             "int8" or "int4" (weight-only) or "int8-activations" (Keras'
-            int8, activations too). Checked before anything is loaded.
+            int8, activations too); or "gguf" for a GGUF source (the
+            embedded model included): keep the file's own quantized blocks,
+            which torch on a CPU multiplies by directly (other backends run
+            the same values in float32). Checked before anything is loaded.
 
     Returns:
         A `gemma_keras.Gemma`.
@@ -100,11 +103,33 @@ def load(
             f"source must be a path, a preset name or a hub handle, got {type(source).__name__}."
         )
     if quantize is not None:
-        check_quantize_mode(quantize)
+        check_quantize_mode(quantize, at_load=True)
+    if quantize == GGUF_MODE:
+        blocks = _gguf_file(source)  # before the slow load: a source with no blocks fails now
+        lm = _load(source, dtype, progress)
+        _report(progress, "packing the GGUF blocks", 0.95)
+        lm._keep_gguf_blocks(blocks if blocks is not None else embedded_gguf(progress)[0])
+        return lm
     lm = _load(source, dtype, progress)
     if quantize is not None:
         lm.quantize(quantize)
     return lm
+
+
+def _gguf_file(source: str | os.PathLike | None) -> Path | None:
+    """The GGUF file behind `source` for `quantize="gguf"`: None for the embedded model; raises otherwise."""
+    if source is None:
+        return None
+    path = Path(os.fspath(source)).expanduser()
+    if path.is_file():
+        check_magic(path)
+        return path
+    if path.suffix == ".gguf":
+        raise ModelNotFoundError(f"{path}: no such file.")
+    raise SourceError(
+        f"quantize='gguf' keeps a GGUF file's own blocks, but {os.fspath(source)!r} is not a GGUF file; "
+        "pass a .gguf path (or no source, for the embedded model), or choose quantize='int8' or 'int4'."
+    )
 
 
 def _load(source: str | os.PathLike | None, dtype: str | None, progress: Progress | None) -> Gemma:

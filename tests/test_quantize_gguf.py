@@ -1,0 +1,155 @@
+"""`quantize="gguf"`: a GGUF's own quantized blocks, packed for torch's int4 CPU kernel."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gemma_keras as gk
+from gemma_keras.errors import GenerationArgumentError, ModelNotFoundError, SourceError, UnsupportedModelError
+from tests.conftest import BACKEND
+
+CASES = [
+    ("gemma3", "Q8_0", {}),
+    ("gemma3", "Q5_0", {}),
+    ("gemma2", "Q4_0", {}),
+    ("gemma", "Q5_1", {}),
+    ("gemma3", "Q4_K", {"hidden": 256, "head_dim": 64, "ffn": 256}),
+]
+
+
+@pytest.mark.parametrize(("architecture", "qtype", "config"), CASES, ids=[c[1] + "-" + c[0] for c in CASES])
+def test_kept_blocks_give_float32_logits(tiny_gguf, architecture, qtype, config):
+    path, _ = tiny_gguf(architecture, qtype, **config)
+    ids = [2, 10, 40, 70, 100, 130, 160, 190]
+    want = gk.load(path).logits(ids)  # the file's values, dequantized to float32
+    if BACKEND == "torch":
+        lm = gk.load(path, quantize="gguf")
+        from gemma_keras.generation.torch_runner import TorchRunner
+
+        assert isinstance(lm.runner, TorchRunner) and lm.runner.packed
+        got = lm.logits(ids)
+        # bfloat16 activations in the products: close, and measurably not the float32 path.
+        assert not np.array_equal(got, want)
+        assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
+        assert np.corrcoef(got, want)[0, 1] > 0.9995
+    else:
+        with pytest.warns(UserWarning, match="torch's CPU kernel only"):
+            lm = gk.load(path, quantize="gguf")
+        np.testing.assert_array_equal(lm.logits(ids), want)
+    assert lm.info.quantization == "gguf" and "gguf" in repr(lm)
+    text = lm.generate("hello", max_new_tokens=6, stop_token_ids=())
+    assert "".join(lm.stream("hello", max_new_tokens=6, stop_token_ids=())) == text
+
+
+def test_the_mode_is_chosen_at_load(tiny_model):
+    with pytest.raises(GenerationArgumentError, match="chosen when loading"):
+        tiny_model("gemma3").quantize("gguf")
+    with pytest.raises(GenerationArgumentError, match="'gguf'"):
+        gk.load(quantize="gguff")
+
+
+def test_a_source_without_blocks_is_refused_before_loading(tmp_path):
+    with pytest.raises(SourceError, match="not a GGUF file"):
+        gk.load(tmp_path, quantize="gguf")
+    with pytest.raises(ModelNotFoundError, match="no such file"):
+        gk.load(tmp_path / "missing.gguf", quantize="gguf")
+
+
+def test_gemma4_is_refused_on_every_backend():
+    path = Path(__file__).parent / "data" / "converted" / "moe.gguf"  # llama.cpp's converter wrote it
+    with pytest.raises(UnsupportedModelError, match="Gemma 1, 2 and 3 GGUF"):
+        gk.load(path, quantize="gguf")
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's packed kernel")
+def test_packed_linear_matches_its_codes():
+    import torch
+
+    from gemma_keras.formats.gguf_blocks import GroupCodes, requantize
+    from gemma_keras.generation.packed_torch import PackedLinear, concat, pack_weights
+
+    rng = np.random.default_rng(0)
+    four = GroupCodes(
+        rng.integers(0, 16, (48, 96), dtype=np.uint8),
+        rng.uniform(0.01, 0.02, (48, 3)).astype(np.float32),
+        rng.uniform(-0.2, 0.0, (48, 3)).astype(np.float32),
+        4,
+        True,
+    )
+    eight = requantize(rng.normal(size=(16, 96)).astype(np.float32))  # symmetric 8-bit
+    x = torch.from_numpy(rng.normal(size=(5, 96)).astype(np.float32))
+    for codes in (four, eight, concat([four, eight])):
+        got = PackedLinear(codes)(x)
+        want = x @ torch.from_numpy(codes.dequantize()).T
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert float((got - want).abs().max()) <= 0.01 * float(want.abs().max())
+    both = pack_weights([("a", four), ("b", eight), ("c", four)], [("a", "b"), ("c", "d")])
+    assert set(both) == {("a", "b"), "c"}  # "d" never came: "c" stands alone
+    a, b = both[("a", "b")](x).split([48, 16], dim=-1)
+    torch.testing.assert_close(a, PackedLinear(four)(x), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(b, PackedLinear(eight)(x), atol=1e-2, rtol=1e-2)
+
+
+def _runner_perplexity(lm, text: str) -> float:
+    """Perplexity through the model's runner (`score()` runs the Keras layers, not the packed blocks)."""
+    ids = lm.tokenizer.encode(text)
+    runner = lm.runner
+    cache = runner.new_cache(1, len(ids))
+    logits, _ = runner.forward_all(np.asarray([ids]), runner.prepare_mask(np.ones((1, len(ids)))), cache, 0)
+    logits = logits[0, :-1].astype(np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    logprobs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    return math.exp(-logprobs[np.arange(len(ids) - 1), ids[1:]].mean())
+
+
+@pytest.mark.real
+@pytest.mark.skipif(BACKEND != "torch", reason="the packed blocks run on torch; elsewhere they are float32")
+def test_real_270m_kept_blocks_keep_its_perplexity(real_model):
+    """The embedded Q4_K_M file's own blocks: perplexity not over 1% above float32's (the issue's int8 target).
+
+    Measured 2026-11-30 on the Zen of Python: float32 7.850; packed 7.71 to 7.83. The products round
+    their inputs and outputs to bfloat16, and this model's perplexity moves by about 1.5% with such
+    rounding noise either way (ulp-level changes elsewhere moved it from 7.83 to 7.71), so the lower
+    bound only catches a broken model.
+    """
+    from tests.test_quantize_real import zen_of_python
+
+    text = zen_of_python()
+    base = _runner_perplexity(real_model, text)
+    lm = gk.load(quantize="gguf")
+    assert lm.runner.packed and lm.info.quantization == "gguf"
+    ratio = _runner_perplexity(lm, text) / base
+    assert 0.95 < ratio < 1.01, ratio
+    prompt = "The capital of France is"
+    assert lm.generate(prompt, max_new_tokens=8) == real_model.generate(prompt, max_new_tokens=8)
+
+
+def test_the_cli_keeps_blocks(tiny_gguf, capsys):
+    import warnings
+
+    from gemma_keras import cli
+
+    path, _ = tiny_gguf("gemma3", "Q8_0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # off torch: "the same values, no speed-up"
+        expected = gk.load(path, quantize="gguf").generate("hello", max_new_tokens=6)
+    args = [
+        "generate",
+        "hello",
+        "--model",
+        str(path),
+        "--max-new-tokens",
+        "6",
+        "--no-stream",
+        "--quantize",
+        "gguf",
+    ]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    serve = ["serve", str(path), "--quantize", "gguf", "--adapters", str(path)]
+    assert cli.main(serve) == 2
+    assert "--quantize gguf cannot keep" in capsys.readouterr().err
