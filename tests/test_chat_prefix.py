@@ -117,3 +117,33 @@ def test_pieces_are_powers_of_two_that_sum_to_n():
         pieces = _pieces(n)
         assert sum(pieces) == n and all(p & (p - 1) == 0 for p in pieces)
         assert pieces == sorted(pieces, reverse=True) and len(set(pieces)) == len(pieces)
+
+
+class _Counting:
+    """The model's runner, with the widths of the prefill calls it was given, and `compiles` as asked."""
+
+    def __init__(self, runner, compiles: bool):
+        self._runner, self.compiles, self.widths = runner, compiles, []
+
+    def forward(self, token_ids, *args, **kwargs):
+        self.widths.append(token_ids.shape[1])
+        return self._runner.forward(token_ids, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+
+@pytest.mark.parametrize("compiles", [True, False])
+def test_the_new_turn_is_fed_in_one_call_unless_shapes_compile(tiny_model, compiles):
+    lm = tiny_model("gemma3")
+    runner = _Counting(lm.runner, compiles)
+    kept = KeptCache(runner)
+    first = lm.tokenizer.encode("hello there")
+    list(kept.decode(Request(first, 3)))
+    prompt = kept.ids + lm.tokenizer.encode("what is the capital of France, and why", add_bos=False)
+    runner.widths.clear()
+    events = list(kept.decode(Request(prompt, 2)))
+    rest = len(prompt) - kept.reused
+    prefill = runner.widths[: len(_pieces(rest)) if compiles else 1]
+    assert prefill == (_pieces(rest) if compiles else [rest]), (runner.widths, rest)
+    assert events

@@ -430,9 +430,10 @@ class KeptCache:
     A new prompt that begins with tokens the cache already holds (the
     conversation so far, the last reply included) prefills only the rest, so
     the time to the first token of a chat reply follows the new message, not
-    the whole history. The rest is fed in power-of-two pieces (37 tokens as
-    32 + 4 + 1) at the positions that follow: no padding overwrites kept
-    positions, and the compiled shapes stay few. When the reply would not
+    the whole history. The rest is fed at the positions that follow, in one
+    call, or, for a runner that compiles each shape, in power-of-two pieces
+    (37 tokens as 32 + 4 + 1) so that the compiled shapes stay few; no
+    padding overwrites kept positions. When the reply would not
     fit, the cache is lengthened (copied into one with room for the
     conversation to double, capped by the context), not prefilled again. A
     prompt that shares no prefix is prefilled whole into a new cache.
@@ -504,7 +505,8 @@ class KeptCache:
                 batch.lengthen(bucket(grown, MIN_CACHE_BUCKET))
             index, rest = start + common, prompt[common:]
             state = batch._place(0, request, start)
-            for piece in _pieces(len(rest)):
+            # Pieces of few shapes, for runners that compile each one; one call for those that do not.
+            for piece in _pieces(len(rest)) if self.runner.compiles else [len(rest)]:
                 tokens = np.full((batch.size, piece), self.pad_id, dtype=np.int32)
                 tokens[0], rest = rest[:piece], rest[piece:]
                 logits, batch.cache = self.runner.forward(tokens, batch._runner_mask(), batch.cache, index)

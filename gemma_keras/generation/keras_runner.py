@@ -45,8 +45,9 @@ class KerasRunner:
 
     chunk = CHUNK
 
-    def __init__(self, causal_lm, arch: Architecture, sharded: bool = False):
+    def __init__(self, causal_lm, arch: Architecture, sharded: bool = False, compiles: bool = True):
         self.causal_lm = causal_lm
+        self.compiles = compiles
         self.backbone = causal_lm.backbone
         self.arch = arch
         self.trace_count = 0

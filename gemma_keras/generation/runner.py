@@ -43,12 +43,16 @@ class Runner(Protocol):
     Attributes:
         vocab_size: logits per row.
         chunk: greedy tokens per `greedy_chunk` call; 0 when not offered.
+        compiles: whether each new input shape costs a compile (XLA). When
+            not, the decode loop feeds a prompt's tail in one call instead
+            of power-of-two pieces.
         batch_multiple: the number of rows must be a multiple of this
             (1, or the size of a sharded batch axis).
     """
 
     vocab_size: int
     chunk: int
+    compiles: bool
     batch_multiple: int
 
     def new_cache(self, rows: int, length: int) -> Any:
@@ -118,7 +122,7 @@ def make_runner(
         if reason:
             raise GenerationArgumentError(f"the plain-torch runner cannot run this model: {reason}.")
         return torch_runner.TorchRunner(backbone, arch)
-    return keras_runner.KerasRunner(causal_lm, arch, sharded=caps.shards_variables)
+    return keras_runner.KerasRunner(causal_lm, arch, sharded=caps.shards_variables, compiles=caps.compiles)
 
 
 def _packed_runner(backbone, arch: Architecture, path: str | os.PathLike) -> Runner:

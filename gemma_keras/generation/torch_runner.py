@@ -108,6 +108,7 @@ class TorchRunner:
     """Runs cached forward passes in plain torch; see `runner.Runner`."""
 
     chunk = 0  # eager torch has no per-call compile cost for chunks to spread
+    compiles = False
     batch_multiple = 1
 
     def __init__(self, backbone, arch, packed: dict | None = None):
