@@ -85,8 +85,7 @@ def _legacy(name: str, blocks: np.ndarray):
     """Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: one block of 32 per group; returns `(codes, scale, zero, bits)`."""
     d = _f16(blocks[:, 0:2])
     if name == "Q8_0":
-        codes = (blocks[:, 2:34].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-        return codes, d, -128 * d, 8
+        return blocks[:, 2:34] ^ np.uint8(0x80), d, -128 * d, 8  # int8 q as uint8 q + 128: flip the sign bit
     if name == "Q4_0":
         return _nibbles(blocks[:, 2:18]), d, -8 * d, 4
     if name == "Q4_1":
