@@ -123,3 +123,30 @@ def test_torch_runner_matches_the_keras_layers(tiny_model, arch):
         fast.index += 1
         slow.index += 1
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_torch_runner_prefills_long_prompts_in_chunks(tiny_model, arch, monkeypatch):
+    """Chunks of 16 over a 70-token prompt (sliding window 8): each chunk's sliding layers read only the
+    keys in their window; the logits at every position must still be KerasHub's."""
+    lm = tiny_model(arch)
+    if not capabilities().plain_torch:
+        pytest.skip("the plain-torch runner exists only on the torch backend")
+    from gemma_keras.generation import torch_runner
+
+    keras_runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
+    ids = np.array(
+        [lm.tokenizer.encode("the capital of France is Paris and hello world " * 6)[:70]], np.int32
+    )
+    length = 128
+    mask = np.zeros((1, length), np.int32)
+    mask[0, : ids.shape[1]] = 1
+    want, _ = keras_runner.forward_all(
+        ids, keras_runner.prepare_mask(mask), keras_runner.new_cache(1, length), 0
+    )
+    monkeypatch.setattr(torch_runner, "PREFILL_CHUNK", 16)
+    runner = lm.runner
+    got, cache = runner.forward_all(ids, runner.prepare_mask(mask), runner.new_cache(1, length), 0)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    last, _ = runner.forward(ids, runner.prepare_mask(mask), runner.new_cache(1, length), 0)
+    np.testing.assert_allclose(last, want[:, -1], atol=1e-4)

@@ -48,6 +48,9 @@ from gemma_keras.errors import GenerationArgumentError
 from gemma_keras.generation.keras_runner import last_owners
 from gemma_keras.generation.packed_torch import PackedLinear
 
+# Query positions per pass of a long Gemma 1-3 prompt (see `TorchRunner.forward`).
+PREFILL_CHUNK = 512
+
 
 @dataclass
 class _Block:
@@ -306,17 +309,25 @@ class TorchRunner:
             return [(longer(k), longer(v)) for k, v in cache]
 
     def forward(self, token_ids, mask, cache, index: int, every_position: bool = False):
-        """Numpy tokens in, float32 numpy logits (after the last token, or after each) out."""
+        """Numpy tokens in, float32 numpy logits (after the last token, or after each) out.
+
+        Gemma 1-3 prompts longer than `PREFILL_CHUNK` run in chunks of that
+        many positions, one after another: attention scores then take
+        `chunk x length`, not `length x length`, and a sliding layer's chunk
+        reads only the keys within its window.
+        """
         torch = self.torch
+        ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=self.device)
+        index = int(index)
+        step = PREFILL_CHUNK if not (self.gemma4 or self.gemma3n) else ids.shape[1]
+        outs = []
         with torch.inference_mode():
-            logits, cache = self._forward(
-                torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=self.device),
-                mask,
-                cache,
-                int(index),
-                every_position,
-            )
-        return logits.float().cpu().numpy(), cache
+            for start in range(0, ids.shape[1], max(step, 1)):
+                logits, cache = self._forward(
+                    ids[:, start : start + step], mask, cache, index + start, every_position
+                )
+                outs.append(logits.float().cpu().numpy())
+        return (np.concatenate(outs, axis=1) if every_position else outs[-1]), cache
 
     def forward_all(self, token_ids, mask, cache, index: int):
         """Logits after every fed token, `(rows, t, vocab)`."""
@@ -501,11 +512,15 @@ class TorchRunner:
             k = self._rope(k, positions, spec.inv_freq)
             key_cache[:, index:end] = k
             value_cache[:, index:end] = v
-            keys, values = key_cache[:, :end], value_cache[:, :end]
+            # A sliding layer's queries see no key before `index - window + 1`: those columns are skipped.
+            lo = 0 if spec.window is None else max(0, index - spec.window + 1)
+            keys, values = key_cache[:, lo:end], value_cache[:, lo:end]
             q = q * self._scalar(spec.scale, q.dtype)
             if spec.window not in masks:
                 masks[spec.window] = (
-                    visible if spec.window is None else visible & (distance.abs() < spec.window)[None]
+                    visible
+                    if spec.window is None
+                    else visible[:, :, lo:] & (distance[:, lo:].abs() < spec.window)[None]
                 )
             mask = masks[spec.window]
             out_kernel = self.packed.get(f"{at}attention.output_dense.kernel", att.output_dense.kernel.value)
