@@ -22,13 +22,18 @@ def _raw(name: str, w: np.ndarray, rng) -> np.ndarray:
     return quantize(w, GGMLQuantizationType[name])
 
 
+def _codes_and_values(name: str, shape: tuple[int, int], seed: int):
+    """A random tensor stored as `name`: its `GroupCodes`, and the values gguf-py dequantizes."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=shape).astype(np.float32)
+    raw = _raw(name, w, rng)
+    qtype = GGMLQuantizationType[name]
+    return group_codes(raw, qtype, shape), dequantize(raw, qtype).reshape(shape)
+
+
 @pytest.mark.parametrize("name", EXACT)
 def test_block_types_are_held_exactly(name):
-    rng = np.random.default_rng(1)
-    w = rng.normal(size=(6, 512)).astype(np.float32)
-    raw = _raw(name, w, rng)
-    codes = group_codes(raw, GGMLQuantizationType[name], w.shape)
-    want = dequantize(raw, GGMLQuantizationType[name]).reshape(w.shape)
+    codes, want = _codes_and_values(name, (6, 512), seed=1)
     assert codes.exact and codes.codes.dtype == np.uint8
     assert codes.scale.shape == codes.zero.shape == (6, 512 // GROUP)
     assert int(codes.codes.max()) < (16 if codes.bits == 4 else 256)
@@ -38,11 +43,7 @@ def test_block_types_are_held_exactly(name):
 
 @pytest.mark.parametrize("name", ["Q6_K", "Q3_K", "F16", "F32"])
 def test_other_types_are_requantized_within_half_a_step(name):
-    rng = np.random.default_rng(2)
-    w = rng.normal(size=(4, 256)).astype(np.float32)
-    raw = _raw(name, w, rng)
-    codes = group_codes(raw, GGMLQuantizationType[name], w.shape)
-    want = dequantize(raw, GGMLQuantizationType[name]).reshape(w.shape)
+    codes, want = _codes_and_values(name, (4, 256), seed=2)
     assert not codes.exact and codes.bits == 8
     step = np.repeat(codes.scale, GROUP, axis=1)
     assert np.all(np.abs(codes.dequantize() - want) <= step / 2 + 1e-6 * np.abs(want).max())
