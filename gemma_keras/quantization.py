@@ -37,7 +37,7 @@ INT4_GROUP_SIZE = 128
 def check_quantize_mode(mode: Any, at_load: bool = False) -> str:
     """Returns `mode` if it is one of `QUANTIZE_MODES` (or, `at_load`, `LOAD_QUANTIZE_MODES`); raises otherwise."""
     modes = LOAD_QUANTIZE_MODES if at_load else QUANTIZE_MODES
-    if mode == GGUF_MODE and not at_load:
+    if isinstance(mode, str) and mode == GGUF_MODE and not at_load:
         raise GenerationArgumentError(
             "quantize mode 'gguf' keeps a GGUF file's own blocks, so it is chosen when loading: "
             "gk.load('model.gguf', quantize='gguf')."
