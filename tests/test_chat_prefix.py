@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import gemma_keras as gk
-from gemma_keras.generation.decode import KeptCache, Request, _pieces, decode
+from gemma_keras.buckets import bucket
+from gemma_keras.generation.decode import KeptCache, Request, decode
 from tests.conftest import ARCHITECTURES
 
 # Messages of different lengths, so the new part of each prompt is fed in several pieces.
@@ -112,29 +113,22 @@ def test_kept_cache_continues_any_prefix_exactly(tiny_model):
     assert grown > length  # the long prompt lengthened the kept cache instead of starting a new one
 
 
-def test_pieces_are_powers_of_two_that_sum_to_n():
-    for n in range(1, 300):
-        pieces = _pieces(n)
-        assert sum(pieces) == n and all(p & (p - 1) == 0 for p in pieces)
-        assert pieces == sorted(pieces, reverse=True) and len(set(pieces)) == len(pieces)
-
-
 class _Counting:
     """The model's runner, with the widths of the prefill calls it was given, and `compiles` as asked."""
 
     def __init__(self, runner, compiles: bool):
         self._runner, self.compiles, self.widths = runner, compiles, []
 
-    def forward(self, token_ids, *args, **kwargs):
+    def forward_at(self, token_ids, *args, **kwargs):
         self.widths.append(token_ids.shape[1])
-        return self._runner.forward(token_ids, *args, **kwargs)
+        return self._runner.forward_at(token_ids, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._runner, name)
 
 
 @pytest.mark.parametrize("compiles", [True, False])
-def test_the_new_turn_is_fed_in_one_call_unless_shapes_compile(tiny_model, compiles):
+def test_the_new_turn_is_fed_in_one_call_padded_where_shapes_compile(tiny_model, compiles):
     lm = tiny_model("gemma3")
     runner = _Counting(lm.runner, compiles)
     kept = KeptCache(runner)
@@ -144,6 +138,6 @@ def test_the_new_turn_is_fed_in_one_call_unless_shapes_compile(tiny_model, compi
     runner.widths.clear()
     events = list(kept.decode(Request(prompt, 2)))
     rest = len(prompt) - kept.reused
-    prefill = runner.widths[: len(_pieces(rest)) if compiles else 1]
-    assert prefill == (_pieces(rest) if compiles else [rest]), (runner.widths, rest)
+    assert runner.widths == [bucket(rest, 1) if compiles else rest], (runner.widths, rest)
+    assert rest & (rest - 1)  # not a power of two: padding was needed
     assert events

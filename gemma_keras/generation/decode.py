@@ -419,11 +419,6 @@ def _check_context(prompt: int, budget: int, context_length: int | None) -> None
         )
 
 
-def _pieces(n: int) -> list[int]:
-    """`n` as powers of two, largest first: 37 -> [32, 4, 1]."""
-    return [1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1]
-
-
 class KeptCache:
     """One row's KV cache, kept from one generation to the next: chat prefix reuse.
 
@@ -431,9 +426,10 @@ class KeptCache:
     conversation so far, the last reply included) prefills only the rest, so
     the time to the first token of a chat reply follows the new message, not
     the whole history. The rest is fed at the positions that follow, in one
-    call, or, for a runner that compiles each shape, in power-of-two pieces
-    (37 tokens as 32 + 4 + 1) so that the compiled shapes stay few; no
-    padding overwrites kept positions. When the reply would not
+    call; for a runner that compiles each shape it is padded on the right to
+    a power-of-two width (37 tokens as 64), so that the compiled shapes stay
+    few. The padding lands past the real tokens, where causality hides it
+    and the next steps overwrite it; no padding overwrites kept positions. When the reply would not
     fit, the cache is lengthened (copied into one with room for the
     conversation to double, capped by the context), not prefilled again. A
     prompt that shares no prefix is prefilled whole into a new cache.
@@ -497,21 +493,23 @@ class KeptCache:
             common += 1
         if batch is not None and common:
             start, chunk = batch.rows[0].start, max(self.runner.chunk, 1)
-            needed = start + len(prompt) + request.max_new_tokens + chunk
+            rest = prompt[common:]
+            # A compiling runner gets the rest padded on the right to a power-of-two width: few shapes, one call.
+            width = bucket(len(rest), 1) if self.runner.compiles else len(rest)
+            needed = start + common + max(width, len(rest) + request.max_new_tokens + chunk)
             if needed > batch.length:  # room to double, but not past the context
                 grown = 2 * needed
                 if self.context_length is not None:
                     grown = max(needed, min(grown, start + self.context_length + chunk))
                 batch.lengthen(bucket(grown, MIN_CACHE_BUCKET))
-            index, rest = start + common, prompt[common:]
+            index = start + common
             state = batch._place(0, request, start)
-            # Pieces of few shapes, for runners that compile each one; one call for those that do not.
-            for piece in _pieces(len(rest)) if self.runner.compiles else [len(rest)]:
-                tokens = np.full((batch.size, piece), self.pad_id, dtype=np.int32)
-                tokens[0], rest = rest[:piece], rest[piece:]
-                logits, batch.cache = self.runner.forward(tokens, batch._runner_mask(), batch.cache, index)
-                index += piece
-            batch.index = index
+            tokens = np.full((batch.size, width), self.pad_id, dtype=np.int32)
+            tokens[0, : len(rest)] = rest
+            logits, batch.cache = self.runner.forward_at(
+                tokens, batch._runner_mask(), batch.cache, index, len(rest) - 1
+            )
+            batch.index = index + len(rest)
             self.reused = common
             return batch, state.accept(0, state.pick(logits[0]))
         batch, events = Batch.start(

@@ -92,23 +92,30 @@ class KerasRunner:
         return cache[self._owners.index(self.kv_sources()[kind])]
 
     # --- the model math, written once for every backend -------------------
-    def _forward(self, token_ids, padding_mask, cache, index, every_position=False, states=False):
+    def _forward(self, token_ids, padding_mask, cache, index, every_position=False, states=False, last=None):
         """Logits after the last token `(rows, vocab)`, or after each one `(rows, t, vocab)`.
 
         `states` (Gemma 4): `(logits after each token, final-normed hidden states after each)`.
+        `last`: the logits after fed token `last` instead of the last one (a feed padded on the right).
         """
         from keras import ops
 
         self.trace_count += 1  # runs once per trace when compiled
+
+        def kept(x):
+            if every_position:
+                return x
+            return x[:, -1:, :] if last is None else ops.take(x, ops.reshape(last, (1,)), axis=1)
+
         if self.arch.cache_layout == "altup":
             x, cache = self._hidden_altup(token_ids, padding_mask, cache, index)
-            x = x if every_position else x[:, -1:, :]  # already normalized
+            x = kept(x)  # already normalized
         else:
             if self.arch.cache_layout == "per_layer":
                 x, cache = self._hidden_per_layer(token_ids, padding_mask, cache, index)
             else:
                 x, cache = self._hidden(token_ids, padding_mask, cache, index)
-            x = self.backbone.layer_norm(x if every_position else x[:, -1:, :])
+            x = self.backbone.layer_norm(kept(x))
         logits = self.text.token_embedding(x, reverse=True)
         if states:
             return (ops.cast(logits, "float32"), ops.cast(x, "float32")), cache
@@ -319,6 +326,8 @@ class KerasRunner:
                 "forward": self._forward,
                 "forward_all": lambda *args: self._forward(*args, every_position=True),
                 "forward_states": lambda *args: self._forward(*args, every_position=True, states=True),
+                # `index` carries (index, last): the compiled signature has four arguments.
+                "forward_at": lambda t, m, c, where: self._forward(t, m, c, where[0], last=where[1]),
                 "greedy_chunk": self._greedy_chunk,
             }[name]
             fn = self._compiled[name] = compile_model_function(body, self.causal_lm.variables)
@@ -335,6 +344,11 @@ class KerasRunner:
     def forward_all(self, token_ids, mask, cache, index: int):
         """One forward pass: returns `(logits after every fed token (rows, t, vocab), cache)`."""
         return self._call("forward_all", token_ids, mask, cache, index)
+
+    def forward_at(self, token_ids, mask, cache, index: int, last: int):
+        """As `forward`, but the logits after fed token `last`: tokens after it are padding, whose keys
+        and values land past the real ones (later steps overwrite them, and causality hides them)."""
+        return self._call("forward_at", token_ids, mask, cache, np.array([index, last], np.int32))
 
     def greedy_chunk(self, token_ids, mask, cache, index: int):
         """`CHUNK` greedy steps in one call: returns `(picks (rows, CHUNK), cache)`."""

@@ -44,8 +44,8 @@ class Runner(Protocol):
         vocab_size: logits per row.
         chunk: greedy tokens per `greedy_chunk` call; 0 when not offered.
         compiles: whether each new input shape costs a compile (XLA). When
-            not, the decode loop feeds a prompt's tail in one call instead
-            of power-of-two pieces.
+            it does, the decode loop pads a prompt's tail on the right to a
+            power-of-two width (`forward_at`), so that few shapes compile.
         batch_multiple: the number of rows must be a multiple of this
             (1, or the size of a sharded batch axis).
     """
@@ -63,6 +63,11 @@ class Runner(Protocol):
 
     def forward(self, token_ids: np.ndarray, mask: Any, cache: Any, index: int) -> tuple[np.ndarray, Any]:
         """Feeds `(rows, t)` tokens at `index`; returns float32 logits after the last one, and the cache."""
+
+    def forward_at(
+        self, token_ids: np.ndarray, mask: Any, cache: Any, index: int, last: int
+    ) -> tuple[np.ndarray, Any]:
+        """As `forward`, but returns the logits after fed token `last`; the tokens after it are padding."""
 
     def forward_all(self, token_ids: np.ndarray, mask: Any, cache: Any, index: int) -> tuple[np.ndarray, Any]:
         """As `forward`, but returns the logits after every fed token: `(rows, t, vocab)`."""

@@ -329,6 +329,10 @@ class TorchRunner:
                 outs.append(logits.float().cpu().numpy())
         return (np.concatenate(outs, axis=1) if every_position else outs[-1]), cache
 
+    def forward_at(self, token_ids, mask, cache, index: int, last: int):
+        """As `KerasRunner.forward_at`; eager, so the padding is simply not fed."""
+        return self.forward(np.asarray(token_ids)[:, : last + 1], mask, cache, index)
+
     def forward_all(self, token_ids, mask, cache, index: int):
         """Logits after every fed token, `(rows, t, vocab)`."""
         return self.forward(token_ids, mask, cache, index, every_position=True)
