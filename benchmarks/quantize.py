@@ -49,15 +49,25 @@ def peak_rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
+def runner_logits(runner, ids: list[int], piece: int = 16):
+    """Logits after each of `ids`, fed `piece` at a time, as decoding feeds them (the packed blocks of
+    "gguf" serve calls of few rows only)."""
+    import numpy as np
+
+    cache, mask = runner.new_cache(1, len(ids)), runner.prepare_mask(np.ones((1, len(ids))))
+    parts = []
+    for start in range(0, len(ids), piece):
+        logits, cache = runner.forward_all(np.asarray([ids[start : start + piece]]), mask, cache, start)
+        parts.append(logits[0])
+    return np.concatenate(parts)
+
+
 def perplexity(lm, text: str) -> float:
     """Through the model's runner, which is what generates (for "gguf" on torch: the packed blocks)."""
     import numpy as np
 
     ids = lm.tokenizer.encode(text)
-    runner = lm.runner
-    mask = runner.prepare_mask(np.ones((1, len(ids))))
-    logits, _ = runner.forward_all(np.asarray([ids]), mask, runner.new_cache(1, len(ids)), 0)
-    logits = logits[0, :-1].astype(np.float64)
+    logits = runner_logits(lm.runner, ids)[:-1].astype(np.float64)
     logits -= logits.max(axis=-1, keepdims=True)
     logprobs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     nll = -logprobs[np.arange(len(ids) - 1), ids[1:]].mean()

@@ -73,7 +73,6 @@ def perplexity_from(logits, ids: list[int]) -> float:
 
 # --- the children ---------------------------------------------------------------
 def ours(backend: str, mode: str, sizes: list[int], chat: bool) -> dict:
-    import numpy as np
 
     import gemma_keras as gk
 
@@ -84,11 +83,10 @@ def ours(backend: str, mode: str, sizes: list[int], chat: bool) -> dict:
     start = time.perf_counter()
     lm.generate(PROMPT, max_new_tokens=NEW, stop_token_ids=())
     r["decode_tok_s"] = NEW / (time.perf_counter() - start)
+    from quantize import runner_logits  # benchmarks/quantize.py, beside this file
+
     ids = lm.tokenizer.encode(zen_of_python())
-    runner = lm.runner
-    mask = runner.prepare_mask(np.ones((1, len(ids))))
-    logits, _ = runner.forward_all(np.asarray([ids]), mask, runner.new_cache(1, len(ids)), 0)
-    r["perplexity"] = perplexity_from(logits[0], ids)
+    r["perplexity"] = perplexity_from(runner_logits(lm.runner, ids), ids)
     r["zen_ids"] = ids
     for n in sizes:
         prompt = long_ids(lm.tokenizer, n)

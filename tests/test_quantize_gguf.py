@@ -36,6 +36,9 @@ def test_kept_blocks_give_float32_logits(tiny_gguf, architecture, qtype, config)
         assert not np.array_equal(got, want)
         assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
         assert np.corrcoef(got, want)[0, 1] > 0.9995
+        # A long call (a prefill of 64 bucketed rows) runs the float32 kernels: the same values, faster there.
+        long_ids = ids * 5
+        np.testing.assert_array_equal(lm.logits(long_ids), gk.load(path).logits(long_ids))
     else:
         with pytest.warns(UserWarning, match="torch's CPU kernel only"):
             lm = gk.load(path, quantize="gguf")
@@ -94,13 +97,17 @@ def test_packed_linear_matches_its_codes():
     torch.testing.assert_close(b, PackedLinear(eight)(x), atol=1e-2, rtol=1e-2)
 
 
-def _runner_perplexity(lm, text: str) -> float:
-    """Perplexity through the model's runner (`score()` runs the Keras layers, not the packed blocks)."""
+def _runner_perplexity(lm, text: str, piece: int = 16) -> float:
+    """Perplexity through the model's runner, fed `piece` tokens at a time as decoding feeds it: the packed
+    blocks serve calls of few rows (`torch_runner.PACKED_MAX_ROWS`), and `score()` runs the Keras layers."""
     ids = lm.tokenizer.encode(text)
     runner = lm.runner
-    cache = runner.new_cache(1, len(ids))
-    logits, _ = runner.forward_all(np.asarray([ids]), runner.prepare_mask(np.ones((1, len(ids)))), cache, 0)
-    logits = logits[0, :-1].astype(np.float64)
+    cache, mask = runner.new_cache(1, len(ids)), runner.prepare_mask(np.ones((1, len(ids))))
+    parts = []
+    for start in range(0, len(ids), piece):
+        logits, cache = runner.forward_all(np.asarray([ids[start : start + piece]]), mask, cache, start)
+        parts.append(logits[0])
+    logits = np.concatenate(parts)[:-1].astype(np.float64)
     logits -= logits.max(axis=-1, keepdims=True)
     logprobs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     return math.exp(-logprobs[np.arange(len(ids) - 1), ids[1:]].mean())

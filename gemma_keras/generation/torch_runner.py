@@ -50,6 +50,10 @@ from gemma_keras.generation.packed_torch import PackedLinear
 
 # Query positions per pass of a long Gemma 1-3 prompt (see `TorchRunner.forward`).
 PREFILL_CHUNK = 512
+# Token rows up to which a call multiplies by packed weights. Past it (a prefill) the float32 kernels,
+# which hold the same values, are faster: at 512 rows the 270M prefilled 483 tok/s in float32 and
+# 313 packed, because the int4 kernel is slower than MKL's float32 one on many rows.
+PACKED_MAX_ROWS = 32
 
 
 @dataclass
@@ -124,6 +128,7 @@ class TorchRunner:
         # Keras weight path (`token_embedding.embeddings`, `transformer_layers.{i}.<attribute path>`) to
         # the `PackedLinear` that replaces it in the products; Gemma 1-3 only.
         self.packed = dict(packed or {})
+        self._packing = False  # whether this call multiplies by `packed` (see `_forward`)
         if self.packed and arch.cache_layout in ("per_layer", "altup"):
             raise GenerationArgumentError(f"packed weights are not wired up for {arch.title} here.")
         self.backbone = backbone
@@ -414,7 +419,7 @@ class TorchRunner:
         return attn.reshape(b, t, -1)
 
     def _mlp(self, h, blk, prefix: str = ""):
-        both = self.packed.get((f"{prefix}gating_ffw.kernel", f"{prefix}gating_ffw_2.kernel"))
+        both = self._packed((f"{prefix}gating_ffw.kernel", f"{prefix}gating_ffw_2.kernel"))
         if both is not None:
             gate, up = both(h).chunk(2, dim=-1)
             gate = self.torch.nn.functional.gelu(gate, approximate="tanh")
@@ -429,14 +434,14 @@ class TorchRunner:
 
     def _dense(self, x, layer, path: str):
         """`x @ kernel` for a Dense layer, or its packed weight under `path`."""
-        packed = self.packed.get(f"{path}.kernel")
+        packed = self._packed(f"{path}.kernel")
         return x.matmul(layer.kernel.value) if packed is None else packed(x)
 
     def _qkv(self, h, att, at: str):
         """Gemma 1-3's query, key and value heads of `h`: packed as one product when they are."""
         paths = tuple(f"{at}attention.{p}_dense" for p in ("query", "key", "value"))
         heads = (att.num_query_heads, att.num_key_value_heads, att.num_key_value_heads)
-        together = self.packed.get(tuple(f"{p}.kernel" for p in paths))
+        together = self._packed(tuple(f"{p}.kernel" for p in paths))
         if together is None:
             layers = (att.query_dense, att.key_dense, att.value_dense)
             return [self._heads_of(h, layer, p, n) for layer, p, n in zip(layers, paths, heads, strict=True)]
@@ -445,9 +450,13 @@ class TorchRunner:
         parts = y.split([n * dim for n in heads], dim=-1)
         return [p.reshape(*p.shape[:-1], n, dim) for p, n in zip(parts, heads, strict=True)]
 
+    def _packed(self, key):
+        """The packed weight under `key`, when this call uses packed weights; else None."""
+        return self.packed.get(key) if self._packing else None
+
     def _heads_of(self, x, layer, path: str, heads: int):
         """An EinsumDense (heads, hidden, dim) projection of `x`, or its packed weight: `(b, t, heads, dim)`."""
-        packed = self.packed.get(f"{path}.kernel")
+        packed = self._packed(f"{path}.kernel")
         if packed is None:
             return self._heads_in(x, layer.kernel.value)
         y = packed(x)
@@ -469,6 +478,7 @@ class TorchRunner:
         embeddings = self._table.value
         self._angles = {}
         b, t = token_ids.shape
+        self._packing = b * t <= PACKED_MAX_ROWS
         token_ids = token_ids.long()
         device = self.device
         end = index + t  # keys past the last written position are masked anyway
@@ -486,7 +496,7 @@ class TorchRunner:
         else:
             x = self._layers(self._embed(embeddings, token_ids), cache, index, positions, visible, distance)
             x = self._rms(x if every_position else x[:, -1:, :], backbone.layer_norm)
-        output = self.packed.get("token_embedding.embeddings")
+        output = self._packed("token_embedding.embeddings")
         flat = x.reshape(-1, x.shape[-1])
         logits = (self._logits(flat, embeddings) if output is None else output(flat)).float()
         if self.final_cap is not None:
@@ -527,7 +537,7 @@ class TorchRunner:
                     else visible[:, :, lo:] & (distance[:, lo:].abs() < spec.window)[None]
                 )
             mask = masks[spec.window]
-            out_kernel = self.packed.get(f"{at}attention.output_dense.kernel", att.output_dense.kernel.value)
+            out_kernel = self._packed(f"{at}attention.output_dense.kernel") or att.output_dense.kernel.value
             attn = self._attend(q, keys, values, mask, spec.soft_cap, out_kernel)
             if spec.post_norms:
                 attn = self._rms(attn, blk.post_attention_norm)
