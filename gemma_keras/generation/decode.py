@@ -429,10 +429,11 @@ class KeptCache:
     call; for a runner that compiles each shape it is padded on the right to
     a power-of-two width (37 tokens as 64), so that the compiled shapes stay
     few. The padding lands past the real tokens, where causality hides it
-    and the next steps overwrite it; no padding overwrites kept positions. When the reply would not
-    fit, the cache is lengthened (copied into one with room for the
-    conversation to double, capped by the context), not prefilled again. A
-    prompt that shares no prefix is prefilled whole into a new cache.
+    and the next steps overwrite it; no padding overwrites kept positions.
+    When the reply would not fit, the cache is lengthened (copied into one
+    with room for the conversation to double, capped by the context), not
+    prefilled again. A prompt that shares no prefix is prefilled whole into
+    a new cache.
 
     Args:
         runner, pad_id, detokenize, context_length: as for `decode`.
