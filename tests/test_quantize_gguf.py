@@ -161,3 +161,48 @@ def test_the_cli_keeps_blocks(tiny_gguf, capsys):
     serve = ["serve", str(path), "--quantize", "gguf", "--adapters", str(path)]
     assert cli.main(serve) == 2
     assert "--quantize gguf cannot keep" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    BACKEND != "torch", reason="the packed blocks run on torch; elsewhere this is tests/test_serve.py"
+)
+def test_server_batches_kept_blocks_like_lone_requests(tiny_gguf):
+    """Continuous batching over the packed products: 8 streams over 4 rows each get what they get alone."""
+    import threading
+
+    openai = pytest.importorskip("openai")
+    from gemma_keras.serving.server import Server
+
+    path, _ = tiny_gguf("gemma3", "Q8_0")
+    lm = gk.load(path, quantize="gguf")
+    jobs = [(f"the {w} of", 4 + 3 * i) for i, w in enumerate(("France", "Paris", "model", "world") * 2)]
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+    server = Server(lm, port=0, max_batch=4, max_queue=16).start()
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+        def run(i: int) -> None:
+            prompt, budget = jobs[i]
+            try:
+                stream = client.completions.create(
+                    model=server.state.model_name,
+                    prompt=prompt,
+                    max_tokens=budget,
+                    temperature=0,
+                    stream=True,
+                )
+                results[i] = "".join(c.choices[0].text for c in stream)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop()
+    assert not errors
+    for i, (prompt, budget) in enumerate(jobs):
+        assert results[i] == lm.generate(prompt, max_new_tokens=budget), i
