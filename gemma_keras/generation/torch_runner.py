@@ -29,11 +29,12 @@ masked row gives, not zeros.
 It reads the backbone's live variables on every call and copies none of
 them, so it never goes stale. The one exception is `packed`: Gemma 1-3
 projections handed in as `PackedLinear` (a GGUF's own quantized blocks, see
-`packed_torch`), which the runner then multiplies by instead of the Keras
-kernels that hold the same values in float32. Settings (sliding windows, soft caps, query
-scale, RoPE frequencies) are read from KerasHub's own layer objects. Models
-whose layers carry LoRA adapters or Keras quantization use the Keras runner.
-Tests hold it to KerasHub's logits on every architecture.
+`packed_torch`), which calls of up to `PACKED_MAX_ROWS` token rows multiply
+by instead of the Keras kernels that hold the same values in float32.
+Settings (sliding windows, soft caps, query scale, RoPE frequencies) are
+read from KerasHub's own layer objects. Models whose layers carry LoRA
+adapters or Keras quantization use the Keras runner. Tests hold it to
+KerasHub's logits on every architecture.
 """
 
 from __future__ import annotations
