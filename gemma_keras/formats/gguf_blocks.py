@@ -180,14 +180,15 @@ def matmul_weights(path, arch) -> Iterator[tuple[str, GroupCodes]]:
     """
     from gemma_keras.errors import GGUFError
     from gemma_keras.formats.gguf_header import read_header
-    from gemma_keras.formats.tensor_names import BLOCK_TENSORS
+    from gemma_keras.formats.tensor_names import BLOCK_TENSORS, TOP_TENSORS
 
     check_keeps_blocks(arch)
     header = read_header(path)
     matmuls = {t.gguf: t.keras for t in BLOCK_TENSORS if t.layout != "norm"}
+    gguf, layer, attribute, _ = TOP_TENSORS[0]  # the token embedding, also the tied output projection
     for tensor in header.tensors:
-        if tensor.name == "token_embd.weight":
-            key = "token_embedding.embeddings"
+        if tensor.name == gguf:
+            key = f"{layer}.{attribute}"
         else:
             parts = tensor.name.split(".")
             if len(parts) != 4 or parts[0] != "blk" or parts[2] not in matmuls:

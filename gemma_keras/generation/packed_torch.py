@@ -98,12 +98,9 @@ class PackedLinear:
     def _pack(self, codes: np.ndarray, scale: np.ndarray, zero: np.ndarray):
         torch = self.torch
         rows = codes.shape[0]
-        pad = -rows % _ROW_MULTIPLE
-        if pad:  # zero rows with zero scales; `__call__` drops their outputs
-            codes = np.concatenate([codes, np.zeros((pad, codes.shape[1]), codes.dtype)])
-            scale = np.concatenate([scale, np.zeros((pad, scale.shape[1]), scale.dtype)])
-            zero = np.concatenate([zero, np.zeros((pad, zero.shape[1]), zero.dtype)])
-            rows += pad
+        pad = -rows % _ROW_MULTIPLE  # zero rows with zero scales; `__call__` drops their outputs
+        codes, scale, zero = (_pad_rows(a, pad) for a in (codes, scale, zero))
+        rows += pad
         packed = torch.cat(
             [
                 torch.ops.aten._convert_weight_to_int4pack_for_cpu(
