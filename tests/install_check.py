@@ -68,7 +68,14 @@ def main() -> None:
     assert not noisy, f"third-party log lines on stderr: {noisy}"
 
     step("structured output, and the server answering over HTTP")
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    # No extra keys: a random model may otherwise open a second key and run out of tokens
+    # inside it, which is truncated JSON by design (finish_reason "length").
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
     assert isinstance(json.loads(lm.generate("hello", max_new_tokens=16, json_schema=schema))["ok"], bool)
     from gemma_keras.serving.server import Server
 
