@@ -44,6 +44,9 @@ def quiet_python_loggers() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Keras' own torch code (the quantized embedding's output projection) calls `x.T` on a
+    # 3-d tensor; torch warns about it once, and a user cannot act on it.
+    warnings.filterwarnings("ignore", message=r"The use of `x\.T` on tensors", category=UserWarning)
 
 
 def _stderr_is_fd2() -> bool:
