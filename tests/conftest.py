@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The real model's conversion is shared by the backend sessions of one run.
 _SHARED_CACHE = Path(os.environ.get("GEMMA_KERAS_TEST_CACHE") or tempfile.mkdtemp(prefix="gk-test-cache-"))
 os.environ["GEMMA_KERAS_CACHE"] = str(_SHARED_CACHE)
+os.environ["GEMMA_KERAS_TEST_CACHE"] = str(_SHARED_CACHE)  # also for hf_reference.shared_reference
 
 import gemma_keras as gk  # noqa: E402
 

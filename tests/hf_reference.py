@@ -7,9 +7,39 @@ float tensors by hand, with transformers' own weight names.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+
+def shared_reference(name: str, key: dict, compute: Callable[[], dict]) -> dict:
+    """`compute()`, kept in the test cache under `name` and `key` for the other backend sessions.
+
+    transformers' outputs on a given file do not depend on our backend, and loading the real
+    model's GGUF in transformers costs over a minute, so the three sessions of one run share
+    them. `key` must name everything the outputs depend on (the file's sha256, the prompts);
+    the transformers and torch versions are added here. Each session still compares its own
+    backend's outputs against them.
+    """
+    import torch
+    import transformers
+
+    key = {**key, "transformers": transformers.__version__, "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    path = Path(os.environ["GEMMA_KERAS_TEST_CACHE"]) / "hf-reference" / f"{name}-{digest}.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(pickle.dumps(value))
+    partial.replace(path)  # a session killed mid-write leaves no half file behind
+    return value
 
 
 def hf_from_gguf(path: Path, head_dim: int | None = None):
@@ -92,6 +122,21 @@ def hf_greedy(model, ids: list[int], steps: int) -> tuple[list[int], np.ndarray]
         )
     logits = torch.stack(out.logits)[:, 0].float().numpy()
     return [int(t) for t in out.sequences[0, len(ids) :]], logits
+
+
+def greedy_path(model, tokenizer, prompt: str, steps: int) -> dict:
+    """transformers' greedy path from `prompt`: its ids, tokens and text, the logits after the
+    prompt, and the top-1/top-2 logit margin at each step (where a float32 reimplementation may flip)."""
+    ids = tokenizer.encode(prompt)
+    tokens, logits = hf_greedy(model, ids, steps)
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    return {
+        "ids": ids,
+        "tokens": tokens,
+        "text": tokenizer.decode(tokens, skip_special_tokens=True),
+        "first_logits": logits[0],
+        "margins": top2[:, 1] - top2[:, 0],
+    }
 
 
 # --- tiny transformers checkpoints of architectures we convert ourselves -----

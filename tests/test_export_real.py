@@ -12,7 +12,7 @@ import pytest
 
 import gemma_keras as gk
 from tests.conftest import generate_ids
-from tests.hf_reference import hf_greedy
+from tests.hf_reference import greedy_path, shared_reference
 from tests.test_real_model import PROMPTS, TRICKY
 
 pytestmark = pytest.mark.real
@@ -56,26 +56,35 @@ def test_real_gguf_reads_back(real_model, prompt_ids, tmp_path, isolated_cache, 
 
 @pytest.mark.parity
 def test_real_gguf_reads_in_transformers(real_model, prompt_ids, tmp_path, isolated_cache):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from gemma_keras.formats.manifest import file_sha256
 
     dest = real_model.export(tmp_path / "m.gguf", dtype="f16")
     ours = gk.load(dest)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(tmp_path), gguf_file=dest.name, dtype=torch.float32
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=dest.name)
+    # Keyed by the exported bytes: a backend whose export differs gets its own reference.
+    key = {"gguf": file_sha256(dest), "prompts": PROMPTS, "steps": STEPS}
+    reference = shared_reference("export-f16", key, lambda: _transformers_paths(dest))
     compared = 0
     for prompt, ids in zip(PROMPTS, prompt_ids, strict=False):
-        assert tokenizer.encode(prompt) == ids
-        theirs, logits = hf_greedy(model, ids, STEPS)
-        np.testing.assert_allclose(ours.logits(ids), logits[0], rtol=0, atol=1e-3)
-        top2 = np.sort(logits, axis=-1)[:, -2:]
-        close = np.nonzero(top2[:, 1] - top2[:, 0] < MARGIN)[0]
+        theirs = reference[prompt]
+        assert theirs["ids"] == ids
+        np.testing.assert_allclose(ours.logits(ids), theirs["first_logits"], rtol=0, atol=1e-3)
+        close = np.nonzero(theirs["margins"] < MARGIN)[0]
         steps = int(close[0]) if len(close) else STEPS
         mine = generate_ids(ours, [prompt], STEPS, gk.SamplingParams(), (), True)[0]
-        assert mine[:steps] == theirs[:steps], prompt
+        assert mine[:steps] == theirs["tokens"][:steps], prompt
         if steps == STEPS:
-            assert ours.tokenizer.decode(mine) == tokenizer.decode(theirs, skip_special_tokens=True)
+            assert ours.tokenizer.decode(mine) == theirs["text"]
             compared += 1
     assert compared >= 2  # at least two prompts compared over every step
+
+
+def _transformers_paths(gguf) -> dict:
+    """transformers reading `gguf` itself: its greedy path from each prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return {prompt: greedy_path(model, tokenizer, prompt, STEPS) for prompt in PROMPTS[:3]}

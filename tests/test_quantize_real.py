@@ -17,25 +17,13 @@ import codecs
 import contextlib
 import io
 import math
-import os
 
 import numpy as np
 import pytest
 
 import gemma_keras as gk
-from tests.conftest import BACKEND
 
-# The real-model perplexity costs about 1 min per backend; tests/test_quantize.py checks
-# every mode on every backend on tiny models, and this runs in the JAX session only, to keep CI in
-# its budget. By hand on 2026-11-30 the int8 bound held on torch and TensorFlow too:
-# `GEMMA_KERAS_EVERY_BACKEND=1 KERAS_BACKEND=torch pytest -m real tests/test_quantize_real.py`.
-pytestmark = [
-    pytest.mark.real,
-    pytest.mark.skipif(
-        BACKEND != "jax" and not os.environ.get("GEMMA_KERAS_EVERY_BACKEND"),
-        reason="real-model quantization quality runs in the jax session (GEMMA_KERAS_EVERY_BACKEND=1: all)",
-    ),
-]
+pytestmark = pytest.mark.real
 # Upper bound on perplexity / float32 perplexity (measured on JAX: 1.032).
 MAX_RATIO = {"int8": 1.05}
 

