@@ -57,3 +57,24 @@ def test_a_weight_the_table_does_not_fill_is_an_error(tiny_model):
     block.add_weight(shape=(2,), initializer="zeros", name="stray")
     with pytest.raises(RuntimeError, match="stray"):
         fill_backbone(fresh, dict(read_backbone(backbone)).pop, lambda *shapes: AssertionError(shapes))
+
+
+def test_assign_inside_a_load_views_an_array_on_torch_instead_of_copying_it():
+    """On torch, a load's `assign` views the file's array (the variable's own copy is the
+    only one); everywhere else, and outside a load, Keras converts as it always did."""
+    import keras
+
+    from tests.conftest import BACKEND
+
+    variable = keras.Variable(np.zeros((3, 4), "float32"))
+    values = np.arange(12, dtype="float32").reshape(3, 4)
+    with weights_follow():
+        converted = variable.assign(values)
+        plain = variable._convert_to_tensor(values, dtype="float32")  # not inside an assign
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), values)
+    values[0, 0] = 100.0  # the variable holds its own copy
+    assert keras.ops.convert_to_numpy(variable)[0, 0] == 0.0
+    if BACKEND == "torch":
+        assert converted.data_ptr() == values.ctypes.data  # viewed, not copied
+        assert plain.data_ptr() != values.ctypes.data
+        assert variable.assign(values).data_ptr() != values.ctypes.data  # outside a load: copied
