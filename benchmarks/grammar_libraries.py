@@ -43,6 +43,7 @@ import sys
 import time
 
 import numpy as np
+from serve import percentile  # benchmarks/serve.py, beside this file
 
 SCHEMAS = {
     "flat": (
@@ -221,11 +222,6 @@ class OutlinesCore:
 
     def accepting(self, m) -> bool:
         return bool(m.is_finished())
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def allowed(buf, ignore) -> np.ndarray:

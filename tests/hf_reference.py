@@ -124,6 +124,19 @@ def hf_greedy(model, ids: list[int], steps: int) -> tuple[list[int], np.ndarray]
     return [int(t) for t in out.sequences[0, len(ids) :]], logits
 
 
+def gguf_reference(path: Path, prompts: list[str], steps: int, texts: list[str] = ()) -> dict:
+    """transformers reading the GGUF at `path` itself: its greedy path from each of `prompts`
+    (`greedy_path`), and its token ids of each of `texts`."""
+    from transformers import AutoTokenizer
+
+    model = hf_from_gguf(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return {
+        "paths": {prompt: greedy_path(model, tokenizer, prompt, steps) for prompt in prompts},
+        "ids": {text: tokenizer.encode(text) for text in texts},
+    }
+
+
 def greedy_path(model, tokenizer, prompt: str, steps: int) -> dict:
     """transformers' greedy path from `prompt`: its ids, tokens and text, the logits after the
     prompt, and the top-1/top-2 logit margin at each step (where a float32 reimplementation may flip)."""

@@ -12,7 +12,7 @@ import pytest
 
 import gemma_keras as gk
 from tests.conftest import generate_ids
-from tests.hf_reference import greedy_path, shared_reference
+from tests.hf_reference import gguf_reference, shared_reference
 from tests.test_real_model import PROMPTS, TRICKY
 
 pytestmark = pytest.mark.real
@@ -61,10 +61,11 @@ def test_real_gguf_reads_in_transformers(real_model, prompt_ids, tmp_path, isola
     dest = real_model.export(tmp_path / "m.gguf", dtype="f16")
     ours = gk.load(dest)
     # Keyed by the exported bytes: a backend whose export differs gets its own reference.
-    key = {"gguf": file_sha256(dest), "prompts": PROMPTS, "steps": STEPS}
-    reference = shared_reference("export-f16", key, lambda: _transformers_paths(dest))
+    prompts = PROMPTS[: len(prompt_ids)]
+    key = {"gguf": file_sha256(dest), "prompts": prompts, "steps": STEPS}
+    reference = shared_reference("export-f16", key, lambda: gguf_reference(dest, prompts, STEPS))["paths"]
     compared = 0
-    for prompt, ids in zip(PROMPTS, prompt_ids, strict=False):
+    for prompt, ids in zip(prompts, prompt_ids, strict=True):
         theirs = reference[prompt]
         assert theirs["ids"] == ids
         np.testing.assert_allclose(ours.logits(ids), theirs["first_logits"], rtol=0, atol=1e-3)
@@ -76,15 +77,3 @@ def test_real_gguf_reads_in_transformers(real_model, prompt_ids, tmp_path, isola
             assert ours.tokenizer.decode(mine) == theirs["text"]
             compared += 1
     assert compared >= 2  # at least two prompts compared over every step
-
-
-def _transformers_paths(gguf) -> dict:
-    """transformers reading `gguf` itself: its greedy path from each prompt."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    ).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return {prompt: greedy_path(model, tokenizer, prompt, STEPS) for prompt in PROMPTS[:3]}

