@@ -64,7 +64,9 @@ def _install_torch_view() -> None:
     import torch
 
     variable_class = keras.Variable
-    original = variable_class._convert_to_tensor
+    original = getattr(variable_class, "_convert_to_tensor", None)
+    if original is None:  # a private Keras method: without it, loads copy as Keras always did
+        return
     original_assign = variable_class.assign
 
     @functools.wraps(original_assign)
