@@ -17,6 +17,14 @@ import numpy as np
 from gemma_keras.errors import GemmaKerasError
 
 
+def env_flag(name: str, default: bool = False) -> bool:
+    """An on/off environment variable: unset or empty is `default`; 0, false, no and off are off; anything else is on."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in ("0", "false", "no", "off")
+
+
 def is_integer(value: Any) -> bool:
     """An int or numpy integer, but not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))

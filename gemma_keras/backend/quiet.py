@@ -26,6 +26,8 @@ import threading
 import warnings
 from collections.abc import Iterator
 
+from gemma_keras.checks import env_flag
+
 VERBOSE_ENV = "GEMMA_KERAS_VERBOSE"
 # Python loggers that report start-up facts (no GPU found, and so on).
 _NOISY_LOGGERS = ("absl", "jax._src.xla_bridge", "tensorflow", "h5py._conv")
@@ -34,7 +36,7 @@ _active = False
 
 
 def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return env_flag(VERBOSE_ENV)
 
 
 def quiet_python_loggers() -> None:

@@ -7,6 +7,8 @@ import socket
 import threading
 from pathlib import Path
 
+from gemma_keras.checks import env_flag
+
 HUB_HOSTS = {"hf": "huggingface.co", "kaggle": "www.kaggle.com"}
 HUB_TITLES = {"hf": "Hugging Face", "kaggle": "Kaggle"}
 
@@ -23,10 +25,6 @@ def offline_reason(scheme: str) -> str | None:
             "or write ~/.kaggle/kaggle.json)"
         )
     return probe(HUB_HOSTS[scheme])
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _kaggle_credentials() -> bool:
