@@ -97,6 +97,32 @@ def test_packed_linear_matches_its_codes():
     torch.testing.assert_close(b, PackedLinear(eight)(x), atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's packed kernel")
+def test_a_weight_packed_in_chunks_is_the_whole_matrix_packed_at_once():
+    """`PackedLinear` packs a tall weight `_ROWS_PER_PACK` rows at a time, so that only a chunk of
+    int32 codes exists at once; its bytes must be what one call over every row gives."""
+    import torch
+
+    from gemma_keras.formats.gguf_blocks import GroupCodes
+    from gemma_keras.generation.packed_torch import _ROWS_PER_PACK, PackedLinear
+
+    rng = np.random.default_rng(1)
+    rows = 2 * _ROWS_PER_PACK + 40  # three chunks, the last one short; the halves are padded to 16
+    for bits in (4, 8):
+        codes = rng.integers(0, 2**bits, (rows, 64), dtype=np.uint8)
+        scale = rng.uniform(0.01, 0.02, (rows, 2)).astype(np.float32)
+        packed = PackedLinear(GroupCodes(codes, scale, -scale, bits, True)).packed
+        if bits == 4:
+            stacked = codes
+        else:  # the low nibbles padded to 16 rows, then the high ones
+            low = np.zeros((rows + (-rows % 16), 64), np.uint8)
+            low[:rows] = codes & 0x0F
+            stacked = np.concatenate([low, codes >> 4])
+        whole = np.concatenate([stacked, np.zeros((-len(stacked) % 16, 64), np.uint8)])
+        want = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.from_numpy(whole.astype(np.int32)), 1)
+        assert torch.equal(packed, want), bits
+
+
 def _runner_perplexity(lm, text: str, piece: int = 16) -> float:
     """Perplexity through the model's runner, fed `piece` tokens at a time as decoding feeds it: the packed
     blocks serve calls of few rows (`torch_runner.PACKED_MAX_ROWS`), and `score()` runs the Keras layers."""

@@ -66,6 +66,17 @@ def _pad_rows(a: np.ndarray, pad: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((pad, a.shape[1]), a.dtype)]) if pad else a
 
 
+class _Rows:
+    """Rows of `codes`, transformed by `part` (the low or high nibbles), without holding them all."""
+
+    def __init__(self, codes: np.ndarray, part=None):
+        self.codes, self.part, self.count = codes, part, codes.shape[0]
+
+    def __call__(self, start: int, end: int) -> np.ndarray:
+        rows = self.codes[start:end]
+        return rows if self.part is None else self.part(rows)
+
+
 class PackedLinear:
     """`y = x @ w.T` for `w` given as `GroupCodes` `(out, in)`; `x` is `(..., in)`."""
 
@@ -77,10 +88,9 @@ class PackedLinear:
         scale = codes.scale.astype(np.float32)
         # The kernel computes (c - 8) * scale + zero.
         if codes.bits == 4:
-            self.packed, self.pairs = self._pack(codes.codes, scale, codes.zero + 8 * scale)
+            self.packed, self.pairs = self._pack([_Rows(codes.codes)], scale, codes.zero + 8 * scale)
             self.halves = None
             return
-        lo, hi = codes.codes & 0x0F, codes.codes >> 4
         # Symmetric groups (Q8_0, requantized) put all of -128 * scale in the high part's 16 * (hi - 8).
         symmetric = codes.zero == -128 * scale
         lo_zero = np.where(symmetric, 8 * scale, codes.zero + 8 * scale)
@@ -89,26 +99,38 @@ class PackedLinear:
         half = self.out_features + (-self.out_features % _ROW_MULTIPLE)
         pad = half - self.out_features
         self.halves = half
+        lo = _Rows(codes.codes, lambda rows: rows & 0x0F)
+        hi = _Rows(codes.codes, lambda rows: rows >> 4)
         self.packed, self.pairs = self._pack(
-            np.concatenate([_pad_rows(lo, pad), hi]),
+            [lo, _Rows(np.zeros((pad, self.in_features), np.uint8)), hi],
             np.concatenate([_pad_rows(scale, pad), 16 * scale]),
             np.concatenate([_pad_rows(lo_zero.astype(np.float32), pad), hi_zero]),
         )
 
-    def _pack(self, codes: np.ndarray, scale: np.ndarray, zero: np.ndarray):
+    def _pack(self, parts: list[_Rows], scale: np.ndarray, zero: np.ndarray):
+        """Packs the rows of `parts`, one after another, `_ROWS_PER_PACK` at a time into one tensor.
+
+        Only a chunk of int32 codes exists at once: the 262,144 x 640 embedding
+        (8-bit codes, two halves) used to hold its halves, their concatenation
+        and every packed chunk besides the result, about 1 GB at the peak.
+        """
         torch = self.torch
-        rows = codes.shape[0]
+        rows = sum(part.count for part in parts)
         pad = -rows % _ROW_MULTIPLE  # zero rows with zero scales; `__call__` drops their outputs
-        codes, scale, zero = (_pad_rows(a, pad) for a in (codes, scale, zero))
+        if pad:
+            parts = [*parts, _Rows(np.zeros((pad, self.in_features), np.uint8))]
         rows += pad
-        packed = torch.cat(
-            [
-                torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                    torch.from_numpy(codes[i : i + _ROWS_PER_PACK].astype(np.int32)), 1
-                )
-                for i in range(0, rows, _ROWS_PER_PACK)
-            ]
-        )
+        scale, zero = _pad_rows(scale, pad), _pad_rows(zero, pad)
+        packed = None
+        # Chunks start at multiples of _ROWS_PER_PACK (a multiple of 64): the op packs 64 rows
+        # together, so chunks pack to the same bytes as the whole matrix.
+        for start in range(0, rows, _ROWS_PER_PACK):
+            end = min(rows, start + _ROWS_PER_PACK)
+            chunk = torch.from_numpy(_gather(parts, start, end).astype(np.int32))
+            out = torch.ops.aten._convert_weight_to_int4pack_for_cpu(chunk, 1)
+            if packed is None:
+                packed = torch.empty((rows, *out.shape[1:]), dtype=out.dtype)
+            packed[start:end] = out
         # (groups, out, 2): the kernel's layout of scales and zeros.
         pairs = np.stack([scale.T, zero.T], axis=-1).astype(np.float32)
         return packed, torch.from_numpy(np.ascontiguousarray(pairs)).to(torch.bfloat16)
@@ -127,3 +149,14 @@ class PackedLinear:
         n = self.out_features
         out = y[:, :n] if self.halves is None else y[:, :n] + y[:, self.halves : self.halves + n]
         return out.reshape(*lead, n)
+
+
+def _gather(parts: list[_Rows], start: int, end: int) -> np.ndarray:
+    """Rows `start:end` of the parts stacked in order."""
+    pieces, offset = [], 0
+    for part in parts:
+        lo, hi = max(start, offset), min(end, offset + part.count)
+        if lo < hi:
+            pieces.append(part(lo - offset, hi - offset))
+        offset += part.count
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
