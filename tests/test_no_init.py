@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 import gemma_keras as gk
 from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.formats.tensor_names import fill_backbone, read_backbone
+from tests.conftest import BACKEND
 
 
 def _kernel_sum(layer) -> float:
@@ -64,17 +68,75 @@ def test_assign_inside_a_load_views_an_array_on_torch_instead_of_copying_it():
     only one); everywhere else, and outside a load, Keras converts as it always did."""
     import keras
 
-    from tests.conftest import BACKEND
-
     variable = keras.Variable(np.zeros((3, 4), "float32"))
     values = np.arange(12, dtype="float32").reshape(3, 4)
     with weights_follow():
         converted = variable.assign(values)
         plain = variable._convert_to_tensor(values, dtype="float32")  # not inside an assign
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), values)
-    values[0, 0] = 100.0  # the variable holds its own copy
-    assert keras.ops.convert_to_numpy(variable)[0, 0] == 0.0
+    if BACKEND != "jax":  # Keras on JAX adopts an aligned array without a copy, load or not
+        values[0, 0] = 100.0  # the variable holds its own copy
+        assert keras.ops.convert_to_numpy(variable)[0, 0] == 0.0
     if BACKEND == "torch":
         assert converted.data_ptr() == values.ctypes.data  # viewed, not copied
         assert plain.data_ptr() != values.ctypes.data
         assert variable.assign(values).data_ptr() != values.ctypes.data  # outside a load: copied
+
+
+LOAD_PEAK = """
+import os, sys
+import numpy as np
+import keras
+from gemma_keras.backend.no_init import weights_follow
+
+path, follow = sys.argv[1], sys.argv[2] == "1"
+if not os.path.exists(path):  # the first run writes the file: one 256 MB kernel
+    layer = keras.layers.Dense(8192, use_bias=False)
+    layer.build((None, 8192))
+    layer.kernel.assign(np.full((8192, 8192), 0.5, "float32"))
+    keras.Sequential([keras.Input((8192,)), layer]).save_weights(path)
+    sys.exit(0)
+
+
+def status(field):  # kB
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM, the peak, to the current RSS
+before = status("VmRSS")
+if follow:
+    with weights_follow():
+        model = keras.Sequential([keras.Input((8192,)), keras.layers.Dense(8192, use_bias=False)])
+        model.load_weights(path)
+else:
+    model = keras.Sequential([keras.Input((8192,)), keras.layers.Dense(8192, use_bias=False)])
+    model.load_weights(path)
+peak = (status("VmHWM") - before) // 1024
+kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)
+assert kernel.shape == (8192, 8192) and (kernel == 0.5).all(), "the kernel was not filled from the file"
+print(peak)
+"""
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow converts as Keras does")
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's peak-RSS reset")
+def test_a_load_holds_each_weight_once_not_in_extra_copies(tmp_path):
+    """Peak memory of loading one 256 MB kernel from a `.weights.h5` file, in fresh processes:
+    Keras alone holds it two or three times at once (its start, the file's array, the copy the
+    backend makes); inside `weights_follow()` about once."""
+    path = tmp_path / "big.weights.h5"
+    env = {**os.environ, "KERAS_BACKEND": BACKEND}
+
+    def peak(follow: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD_PEAK, str(path), follow], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return int(done.stdout.strip() or 0)
+
+    peak("0")  # writes the file
+    plain, follow = peak("0"), peak("1")
+    assert follow < 400, (plain, follow)  # about one 256 MB copy
+    assert plain - follow > 200, (plain, follow)  # Keras alone: at least one more

@@ -1,4 +1,4 @@
-"""Builds Keras models without drawing random weights that are overwritten at once.
+"""Builds and loads Keras models without work or memory that the load throws away.
 
 A KerasHub backbone draws every weight from its initializer when it is
 built, and every load then overwrites them all with the file's values. On
@@ -11,13 +11,26 @@ weight the file lacks makes those loads fail, so none is left at zero.
 Outside it, and in other threads, Keras is unchanged: LoRA and anything a user
 builds still draw random weights.
 
-On torch it also saves a copy of every weight as the file fills it. Keras'
-weights store hands each layer a NumPy array read from the file, and the
-torch backend's `convert_to_tensor` copies any array again before
-`assign` copies it into the variable: loading the 270M held two extra copies
-of the 671 MB embedding at once (1.28 GB traced by tracemalloc). Inside
-`weights_follow()`, an array that already has the variable's dtype is
-viewed with `torch.from_numpy` instead.
+Inside it, the weights also go from the file to the variables without
+copies in between (the 270M's float32 weights are 1.07 GB; its embedding
+alone 671 MB):
+
+- Keras' `.weights.h5` store hands each layer a `_StoredWeight`, which is
+  read from the file only when it is assigned (`__array__` reads it for any
+  other use).
+- torch: `assign` reads it straight into the variable's CPU memory, and
+  views a NumPy array of the variable's dtype with `torch.from_numpy` where
+  Keras' `convert_to_tensor` would copy it before `assign` copies it again.
+- JAX: the zeros come from `calloc`ed memory that JAX adopts without
+  copying (`jax.device_put` of a 64-byte aligned array), so they cost
+  neither time nor resident memory until the file overwrites them; and
+  `assign` reads each weight into such a buffer and adopts it the same way.
+  Before, every zero was written by an XLA program and every weight was
+  copied from NumPy into a new JAX buffer.
+
+Measured on the embedded 270M (2-core CPU, peak RSS of a process that loads
+and generates): torch 2,196 → 1,491 MB; JAX: docs/benchmarks.md.
+TensorFlow converts as Keras does.
 """
 
 from __future__ import annotations
@@ -30,6 +43,11 @@ from contextlib import contextmanager
 _active = threading.local()
 _install_lock = threading.Lock()
 _installed = False
+_ALIGN = 64  # what XLA's CPU client needs to adopt a host buffer instead of copying it
+
+
+def _loading() -> bool:
+    return bool(getattr(_active, "depth", 0))
 
 
 def _install() -> None:
@@ -37,50 +55,132 @@ def _install() -> None:
     with _install_lock:
         if _installed:
             return
+        import keras
         from keras.layers import Layer
 
         original = Layer.add_weight
+        zeros = _jax_zeros if keras.backend.backend() == "jax" else "zeros"
 
         @functools.wraps(original)
         def add_weight(self, *args, **kwargs):
-            if getattr(_active, "depth", 0):
+            if _loading():
                 if len(args) > 1:  # Keras 2 style: add_weight(shape, initializer, ...)
-                    args = (args[0], "zeros", *args[2:])
+                    args = (args[0], zeros, *args[2:])
                 else:
-                    kwargs["initializer"] = "zeros"
+                    kwargs["initializer"] = zeros
             return original(self, *args, **kwargs)
 
         Layer.add_weight = add_weight
-        _install_torch_view()
+        if keras.backend.backend() in ("jax", "torch"):
+            _install_assign(keras.backend.backend())
+            _install_stored_weights()
         _installed = True
 
 
-def _install_torch_view() -> None:
-    import keras
-
-    if keras.backend.backend() != "torch":
-        return
+def _aligned(shape, dtype, zero: bool):
+    """A C-contiguous NumPy array whose data starts on an `_ALIGN`-byte boundary."""
     import numpy as np
-    import torch
+
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = (np.zeros if zero else np.empty)(size + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
+def _numpy_dtype(dtype):
+    import keras
+    import ml_dtypes
+    import numpy as np
+
+    name = keras.backend.standardize_dtype(dtype)
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def _jax_zeros(shape, dtype=None):
+    """Zeros that JAX adopts from `calloc`: no page is touched until the file's weight replaces them."""
+    import jax
+
+    return jax.device_put(_aligned(tuple(shape), _numpy_dtype(dtype or "float32"), zero=True))
+
+
+class _StoredWeight:
+    """A weight in a Keras `.weights.h5` file, read only when it is assigned.
+
+    `read_into(variable)` reads it into the variable's memory (torch) or a
+    buffer the variable adopts (JAX), with no array in between; anything
+    else reads it into a NumPy array first (`__array__`), as Keras does.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.shape = tuple(dataset.shape)
+        self.dtype = dataset.dtype
+
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        value = np.array(self.dataset)
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def read_into(self, variable, backend: str) -> bool:
+        """Fills `variable` from the file; False (nothing read) where shape, dtype or device differ."""
+        if tuple(variable.shape) != self.shape or _numpy_dtype(variable.dtype) != self.dtype:
+            return False
+        if backend == "torch":
+            import torch
+
+            target = getattr(variable, "_value", None)
+            if (
+                not isinstance(target, torch.Tensor)
+                or target.device.type != "cpu"
+                or not target.is_contiguous()
+            ):
+                return False
+            with torch.no_grad():
+                self.dataset.read_direct(target.detach().numpy())
+            return True
+        import jax
+
+        if getattr(variable, "_layout", None) is not None or jax.default_backend() != "cpu":
+            return False  # a sharded or accelerator variable: Keras places the array itself
+        buffer = _aligned(self.shape, self.dtype, zero=False)
+        self.dataset.read_direct(buffer)
+        variable._direct_assign(jax.device_put(buffer))
+        return True
+
+
+def _install_assign(backend: str) -> None:
+    import keras
+    import numpy as np
 
     variable_class = keras.Variable
-    original = getattr(variable_class, "_convert_to_tensor", None)
-    if original is None:  # a private Keras method: without it, loads copy as Keras always did
-        return
     original_assign = variable_class.assign
+    original_convert = getattr(variable_class, "_convert_to_tensor", None)
+    if original_convert is None or not hasattr(variable_class, "_direct_assign"):
+        return  # private Keras methods: without them, loads copy as Keras always did
 
     @functools.wraps(original_assign)
     def assign(self, value):
-        # Only `assign` copies what it converts; a variable built from an array keeps it.
-        if not getattr(_active, "depth", 0):
+        if not _loading():
             return original_assign(self, value)
+        if isinstance(value, _StoredWeight):
+            if value.read_into(self, backend):
+                return self.value
+            value = np.asarray(value)
         _active.assigning = True
         try:
             return original_assign(self, value)
         finally:
             _active.assigning = False
 
-    @functools.wraps(original)
+    variable_class.assign = assign
+    if backend != "torch":
+        return
+    import torch
+
+    # Only `assign` copies what it converts; a variable built from an array keeps it.
+    @functools.wraps(original_convert)
     def _convert_to_tensor(self, value, dtype=None):
         if (
             getattr(_active, "assigning", False)
@@ -92,10 +192,33 @@ def _install_torch_view() -> None:
             and value.dtype.name == keras.backend.standardize_dtype(dtype)
         ):
             return torch.from_numpy(value)  # assign copies it into the variable (onto its device)
-        return original(self, value, dtype)
+        return original_convert(self, value, dtype)
 
-    variable_class.assign = assign
     variable_class._convert_to_tensor = _convert_to_tensor
+
+
+def _install_stored_weights() -> None:
+    """Inside `weights_follow()`, Keras' h5 store hands out `_StoredWeight`s instead of arrays."""
+    from keras.src.saving import saving_lib
+
+    store = getattr(saving_lib, "H5IOStore", None)
+    if store is None or not hasattr(saving_lib, "safe_get_h5_dataset"):  # another Keras: arrays, as before
+        return
+    original = store.__getitem__
+
+    @functools.wraps(original)
+    def getitem(self, key):
+        # Only the plain store: a sharded one switches files after each read.
+        if not _loading() or type(self) is not store:
+            return original(self, key)
+        dataset = saving_lib.safe_get_h5_dataset(self._h5_entry_group, key)
+        if (
+            "dtype" in dataset.attrs or dataset.dtype.kind not in "fiub"
+        ):  # bfloat16 (bytes): Keras' own reading
+            return original(self, key)
+        return _StoredWeight(dataset)
+
+    store.__getitem__ = getitem
 
 
 @contextmanager
