@@ -114,8 +114,11 @@ class Architecture:
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""
-        import keras_hub
+        from gemma_keras.backend.keras_hub_import import import_keras_hub, keras_hub_with_tensorflow
 
+        keras_hub = import_keras_hub()
+        if kind == "preprocessor":  # KerasHub's Gemma preprocessors need TensorFlow (tf.data)
+            keras_hub_with_tensorflow()
         return getattr(keras_hub.models, getattr(self, f"keras_{kind}"))
 
     def ffn_width(self, config: dict[str, Any]) -> int:

@@ -22,11 +22,15 @@ from gemma_keras.backend.devices import (
     require_sharding_backend,
     validate_dtype,
 )
+from gemma_keras.backend.keras_hub_import import (
+    import_keras_hub,
+    keras_hub_with_tensorflow,
+    without_tensorflow,
+)
 from gemma_keras.backend.selection import (
     BACKENDS,
     current_backend,
     ensure_backend,
-    import_keras_hub,
     is_installed,
     normalize_backend_name,
     resolve_backend,
@@ -44,10 +48,12 @@ __all__ = [
     "ensure_backend",
     "has_accelerator",
     "import_keras_hub",
+    "keras_hub_with_tensorflow",
     "is_installed",
     "normalize_backend_name",
     "require_sharding_backend",
     "resolve_backend",
     "use_backend",
     "validate_dtype",
+    "without_tensorflow",
 ]

@@ -180,10 +180,3 @@ def ensure_backend() -> str:
             f"Set KERAS_BACKEND={name} before keras is imported."
         )
     return name
-
-
-def import_keras_hub():
-    """Imports keras_hub (and with it TensorFlow, on every backend) without their log lines."""
-    ensure_backend()
-    with quiet_native_logs():
-        return importlib.import_module("keras_hub")

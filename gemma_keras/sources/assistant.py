@@ -22,8 +22,9 @@ import numpy as np
 
 from gemma_keras.architectures.gemma4 import GEMMA4
 from gemma_keras.backend.devices import default_dtype, validate_dtype
+from gemma_keras.backend.keras_hub_import import import_keras_hub
 from gemma_keras.backend.no_init import weights_follow
-from gemma_keras.backend.selection import ensure_backend, import_keras_hub
+from gemma_keras.backend.selection import ensure_backend
 from gemma_keras.checks import is_integer
 from gemma_keras.errors import ModelNotFoundError, SourceError, UnsupportedModelError
 from gemma_keras.formats.layer_tables import TABLES, fill_table

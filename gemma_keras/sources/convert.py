@@ -14,9 +14,9 @@ from pathlib import Path
 
 from gemma_keras import interrupts
 from gemma_keras.architectures.record import Architecture
+from gemma_keras.backend.keras_hub_import import import_keras_hub
 from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
-from gemma_keras.backend.selection import import_keras_hub
 from gemma_keras.errors import GemmaKerasError, GGUFError
 from gemma_keras.formats.gguf_reader import GGUFModel
 from gemma_keras.formats.layer_tables import TABLES, fill_table

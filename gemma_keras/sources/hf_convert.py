@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from gemma_keras.architectures.record import Architecture
+from gemma_keras.backend.keras_hub_import import import_keras_hub
 from gemma_keras.backend.no_init import weights_follow
-from gemma_keras.backend.selection import import_keras_hub
 from gemma_keras.errors import SourceError
 from gemma_keras.formats.hf_tokenizer import checkpoint_tokenizer
 from gemma_keras.formats.layer_tables import TABLES, fill_table
