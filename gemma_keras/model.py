@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,11 @@ class Gemma:
         causal_lm: a KerasHub Gemma causal LM.
         tokenizer: the matching `GemmaTokenizer`.
         info: a `ModelInfo`.
+        preprocessor: builds KerasHub's preprocessor for `causal_lm` when it
+            has none, on first access to `causal_lm`. Generation never
+            needs it; KerasHub's own `causal_lm.generate` and a Keras-preset
+            export do, and building it takes about a second and imports
+            TensorFlow (`backend/keras_hub_import.py`).
 
     Attributes:
         causal_lm, backbone: the KerasHub model.
@@ -105,8 +110,15 @@ class Gemma:
         runner: what runs the model's forward passes (`generation.runner`).
     """
 
-    def __init__(self, causal_lm, tokenizer: GemmaTokenizer, info: ModelInfo):
-        self.causal_lm = causal_lm
+    def __init__(
+        self,
+        causal_lm,
+        tokenizer: GemmaTokenizer,
+        info: ModelInfo,
+        preprocessor: Callable[[], Any] | None = None,
+    ):
+        self._causal_lm = causal_lm
+        self._make_preprocessor = preprocessor
         self.tokenizer = tokenizer
         self.info = info
         self.architecture = by_name(info.architecture)
@@ -115,8 +127,17 @@ class Gemma:
         self.last_draft_stats: DraftStats | None = None  # set by generate/stream with a draft
 
     @property
+    def causal_lm(self):
+        """The KerasHub causal LM, with its preprocessor attached (built on first access)."""
+        if self._make_preprocessor is not None:
+            if self._causal_lm.preprocessor is None:
+                self._causal_lm.preprocessor = self._make_preprocessor()
+            self._make_preprocessor = None  # once: a preprocessor a user sets to None later stays None
+        return self._causal_lm
+
+    @property
     def backbone(self):
-        return self.causal_lm.backbone
+        return self._causal_lm.backbone
 
     def __repr__(self) -> str:
         i = self.info
@@ -128,13 +149,13 @@ class Gemma:
 
     def _new_runner(self) -> None:
         # A runner holds the variable list it was built for; changed layers need a new one.
-        self.runner = make_runner(self.causal_lm, self.architecture)
+        self.runner = make_runner(self._causal_lm, self.architecture)
         if self.info.quantization == GGUF_MODE:  # the file's blocks no longer describe the weights
             self.info.quantization = None
 
     def _keep_gguf_blocks(self, path: str | os.PathLike) -> None:
         """Runs the GGUF file this model was loaded from as its own quantized blocks (`quantize="gguf"`)."""
-        self.runner = make_runner(self.causal_lm, self.architecture, gguf_blocks=path)
+        self.runner = make_runner(self._causal_lm, self.architecture, gguf_blocks=path)
         self.info.quantization = GGUF_MODE
 
     # --- generation -----------------------------------------------------------
@@ -498,7 +519,7 @@ class Gemma:
         if lora.lora_settings(self.backbone) is None:
             raise FinetuneError("this model has no LoRA adapters to merge.")
         # The rebuilt copy has no LoRA layers; its kernels are the merged ones.
-        self.causal_lm = rebuild(self.causal_lm)
+        self._causal_lm = rebuild(self._causal_lm)
         self._new_runner()
         return self
 

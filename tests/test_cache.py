@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import gemma_keras as gk
@@ -94,7 +95,7 @@ def test_unwritable_cache_gives_a_clear_error(tiny_gguf, tmp_path, monkeypatch):
 def test_flipped_byte_of_the_same_size_fails_the_checksum(tiny_gguf, isolated_cache, monkeypatch):
     path, _ = tiny_gguf("gemma3", "Q4_0")
     calls = _count_conversions(monkeypatch)
-    gk.load(path)
+    first = gk.load(path).logits([2, 5, 7])
     entry = isolated_cache / "gguf" / cache.file_sha256(path)
     weights = entry / "model.weights.h5"
     data = bytearray(weights.read_bytes())
@@ -102,8 +103,10 @@ def test_flipped_byte_of_the_same_size_fails_the_checksum(tiny_gguf, isolated_ca
     weights.write_bytes(bytes(data))
     assert cache.read_manifest(entry, verify=False) is not None  # sizes still match
     assert cache.read_manifest(entry) is None  # the checksum does not
-    gk.load(path)
+    # The checksums are checked while the model builds: what comes back is the rebuilt entry's model.
+    again = gk.load(path).logits([2, 5, 7])
     assert len(calls) == 2 and cache.read_manifest(entry) is not None
+    np.testing.assert_array_equal(again, first)
 
 
 def test_disk_full_leaves_the_cache_untouched(tiny_gguf, isolated_cache, monkeypatch):

@@ -29,14 +29,21 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.architectures.registry import ARCHITECTURES, keras_causal_lm_classes, of_backbone
+from gemma_keras.backend.compile import keep_compiled_programs
 from gemma_keras.backend.devices import default_dtype, validate_dtype
+from gemma_keras.backend.keras_hub_import import (
+    import_keras_hub,
+    keras_hub_with_tensorflow,
+    without_tensorflow,
+)
 from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
-from gemma_keras.backend.selection import current_backend, ensure_backend, import_keras_hub
+from gemma_keras.backend.selection import current_backend, ensure_backend
 from gemma_keras.errors import (
     GemmaKerasError,
     HubUnavailableError,
@@ -134,6 +141,8 @@ def _gguf_file(source: str | os.PathLike | None) -> Path | None:
 
 def _load(source: str | os.PathLike | None, dtype: str | None, progress: Progress | None) -> Gemma:
     backend = ensure_backend()
+    # Before anything compiles: JAX decides once per process whether its cache is on.
+    keep_compiled_programs(cache.cache_dir() / "xla")
     dtype = validate_dtype(dtype) if dtype else default_dtype(backend)
     if source is None:
         return _load_embedded(dtype, progress)
@@ -157,9 +166,10 @@ def _load(source: str | os.PathLike | None, dtype: str | None, progress: Progres
 def _load_embedded(dtype: str, progress: Progress | None) -> Gemma:
     pkg = embedded_package()
     entry = cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256
-    if cache.read_manifest(entry) is not None:
-        lm = _load_cached(entry, dtype, progress, source=SOURCE_NAME)
-    else:
+    lm = None
+    if cache.read_manifest(entry, verify=False) is not None:
+        lm = _load_cached_checked(entry, dtype, progress, SOURCE_NAME)
+    if lm is None:  # no entry, or one that failed its checksums: load_gguf rebuilds it
         path, sha = embedded_gguf(progress)
         lm = load_gguf(path, dtype=dtype, progress=progress, sha256=sha, source=SOURCE_NAME)
     lm.info.instruction_tuned = False  # google/gemma-3-270m: pretrained, whatever an older cache says
@@ -183,6 +193,7 @@ def load_gguf(
     check_magic(path)  # a file that is not GGUF at all fails before hashing
     _report(progress, "hashing", 0.0)
     sha = sha256 or cache.file_sha256(path)
+    source = source or str(path)
     built: dict = {}
 
     def build(tmp: Path) -> dict:
@@ -197,11 +208,35 @@ def load_gguf(
             "source_name": path.name,
         }
 
-    entry, _ = cache.get_or_build("gguf", sha, build)
+    entry, built_now = cache.get_or_build("gguf", sha, build, verify=False)
+    if not built_now:
+        lm = _load_cached_checked(entry, dtype, progress, source)
+        if lm is not None:
+            return lm
+        entry, _ = cache.get_or_build("gguf", sha, build)  # the checksums failed: rebuilt here
     manifest = cache.read_manifest(entry, verify=False)
     if "lm" in built and dtype == "float32":
-        return _wrap(built["lm"], manifest, source or str(path), dtype, tokenizer=built["tokenizer"])
-    return _load_cached(entry, dtype, progress, source=source or str(path), manifest=manifest)
+        return _wrap(built["lm"], manifest, source, dtype, tokenizer=built["tokenizer"])
+    return _load_cached(entry, dtype, progress, source=source, manifest=manifest)
+
+
+def _load_cached_checked(entry: Path, dtype: str, progress: Progress | None, source: str) -> Gemma | None:
+    """`_load_cached`, while another thread checks the entry's checksums; None when they fail.
+
+    Hashing the 270M model's 1 GB of weights takes about 0.8 s, and
+    `hashlib` lets other threads run meanwhile, so it overlaps the build of
+    the model instead of preceding it. Nothing built from an entry that
+    fails is returned: the caller rebuilds the entry (reliability.md, 5).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-keras-checksums") as pool:
+        intact = pool.submit(cache.read_manifest, entry, True)
+        try:
+            lm = _load_cached(entry, dtype, progress, source)
+        except Exception:
+            if intact.result() is not None:
+                raise  # the entry is intact: the error is not its doing
+            return None
+        return lm if intact.result() is not None else None
 
 
 # --- Keras presets ------------------------------------------------------------
@@ -210,25 +245,80 @@ def _load_cached(
 ) -> Gemma:
     _report(progress, "loading the cached Keras preset", 0.5)
     arch = check_model_dir(entry)  # a few small JSON files: cheap even though the manifest vouches for them
-    lm = _from_preset(str(entry), dtype, arch)
+    manifest = manifest or cache.read_manifest(entry, verify=False)
+    lm = _load_keras_preset(str(entry), dtype, arch, source, manifest)
     _report(progress, "done", 1.0)
-    return _wrap(lm, manifest or cache.read_manifest(entry, verify=False), source, dtype)
+    return lm
 
 
-def _from_preset(preset: str, dtype: str, arch: Architecture | None = None):
+# Where a KerasHub preset directory keeps its SentencePiece vocabulary.
+_VOCABULARY = Path("assets", "tokenizer", "vocabulary.spm")
+
+
+def _load_keras_preset(
+    preset: str,
+    dtype: str,
+    arch: Architecture | None,
+    source: str,
+    manifest: dict | None,
+    instruction_tuned: bool | None = None,
+) -> Gemma:
+    """A Keras preset as a `Gemma`; from a local directory, without KerasHub's preprocessor yet.
+
+    Generation uses our tokenizer, read straight from the preset's vocabulary
+    file. KerasHub's preprocessor costs about a second and TensorFlow
+    (`backend/keras_hub_import.py`), so `Gemma.causal_lm` builds it from the
+    preset's `preprocessor.json` on first access.
+    """
+    vocabulary = Path(preset) / _VOCABULARY
+    config_file = Path(preset) / "preprocessor.json"
+    if arch is None or not vocabulary.is_file() or not config_file.is_file():
+        lm = _from_preset(preset, dtype, arch)
+        return _wrap(lm, manifest, source, dtype, instruction_tuned=instruction_tuned)
+    try:
+        tokenizer = GemmaTokenizer(vocabulary.read_bytes())
+    except Exception as exc:  # sentencepiece raises RuntimeError and others
+        raise SourceError(
+            f"{vocabulary} is not a SentencePiece model ({type(exc).__name__}: {exc}); "
+            "restore the preset's tokenizer file or export the model again."
+        ) from exc
+    config = read_json(config_file)
+    lm = _from_preset(preset, dtype, arch, preprocessor=False)
+
+    def preprocessor():
+        import keras
+
+        keras_hub_with_tensorflow()  # KerasHub's Gemma preprocessors need TensorFlow
+        with quiet_native_logs():
+            built = keras.saving.deserialize_keras_object(config)
+            built.tokenizer.set_proto(tokenizer.proto)
+        return built
+
+    return _wrap(
+        lm, manifest, source, dtype, tokenizer, instruction_tuned=instruction_tuned, preprocessor=preprocessor
+    )
+
+
+def _from_preset(preset: str, dtype: str, arch: Architecture | None = None, preprocessor: bool = True):
     """KerasHub's model from a preset: the record's causal LM class when the architecture is known.
 
     `keras_hub.models.CausalLM.from_preset` takes the first subclass whose backbone
     matches, and Gemma 4's assistant (draft) model shares `Gemma4Backbone`.
+    With `preprocessor=False` the model has none, and TensorFlow stays
+    unimported where keras_hub was imported without it.
     """
     keras_hub = import_keras_hub()
     task = arch.keras_class("causal_lm") if arch is not None else keras_hub.models.CausalLM
+    if preprocessor:
+        keras_hub_with_tensorflow()
+    options = {} if preprocessor else {"preprocessor": None}
     try:
         # Keras' default safe mode refuses Lambda layers and other code in a
         # config. (Forcing SafeModeScope(True) is not possible: KerasHub then
-        # refuses its own tokenizer asset.)
-        with quiet_native_logs(), weights_follow():
-            return task.from_preset(preset, dtype=dtype)
+        # refuses its own tokenizer asset.) KerasHub's `get_file` imports
+        # TensorFlow even for a local directory, hence `without_tensorflow`.
+        with quiet_native_logs(), weights_follow(), without_tensorflow():
+            return task.from_preset(preset, dtype=dtype, **options)
     except GemmaKerasError:
         raise
     except Exception as exc:
@@ -259,8 +349,7 @@ def _load_preset_dir(path: Path, dtype: str, progress: Progress | None) -> Gemma
         manifest = manifest or ({"context_length": context} if context else None)
         return _wrap(lm, manifest, str(path), dtype, tokenizer=tokenizer, instruction_tuned=tuned)
     _report(progress, "loading the Keras preset", 0.5)
-    lm = _from_preset(str(path), dtype, arch)
-    return _wrap(lm, manifest, str(path), dtype, instruction_tuned=tuned)
+    return _load_keras_preset(str(path), dtype, arch, str(path), manifest, instruction_tuned=tuned)
 
 
 def _is_keras_preset(path: Path) -> bool:
@@ -332,6 +421,7 @@ def _wrap(
     dtype: str,
     tokenizer: GemmaTokenizer | None = None,
     instruction_tuned: bool | None = None,
+    preprocessor: Callable[[], object] | None = None,
 ) -> Gemma:
     arch = of_backbone(lm.backbone)
     manifest = manifest or {}
@@ -350,4 +440,4 @@ def _wrap(
         backend=current_backend(),
         instruction_tuned=instruction_tuned,
     )
-    return Gemma(lm, tokenizer or GemmaTokenizer(lm.preprocessor.tokenizer.proto), info)
+    return Gemma(lm, tokenizer or GemmaTokenizer(lm.preprocessor.tokenizer.proto), info, preprocessor)
