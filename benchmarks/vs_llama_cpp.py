@@ -178,9 +178,13 @@ def timed_process(command: list[str], env: dict | None = None) -> tuple[float, f
     return wall, usage.ru_maxrss / 1024
 
 
-def startup(backend: str, mode: str) -> tuple[float, float]:
+def startup(backend: str, mode: str, checkout: str | None = None) -> tuple[float, float]:
+    """A fresh process that loads and generates one token; `checkout`: another copy of gemma_keras to run."""
     quantize = "None" if mode == "float32" else repr(mode)
     code = f"import gemma_keras as gk; gk.use_backend({backend!r}); gk.load(quantize={quantize}).generate('Hi', max_new_tokens=1)"
+    if checkout:
+        # First on sys.path, before the directory `-c` puts there and any editable install.
+        code = f"import sys; sys.path.insert(0, {os.path.abspath(checkout)!r}); " + code
     return timed_process([sys.executable, "-c", code])
 
 
