@@ -125,6 +125,22 @@ def test_torch_runner_matches_the_keras_layers(tiny_model, arch):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_torch_runner_follows_norm_weights_changed_after_a_call(tiny_model):
+    """The runner keeps each norm's `1 + w` between calls; a weight assigned later must still count."""
+    lm = tiny_model("gemma3")
+    if not capabilities().plain_torch:
+        pytest.skip("the plain-torch runner exists only on the torch backend")
+    keras_runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
+    requests = [Request(lm.tokenizer.encode("the capital of France is"), 4)]
+    before = Batch.prefill(lm.runner, requests)[1]
+    for block in lm.backbone.transformer_layers:
+        for norm in (block.pre_attention_norm, block.attention.query_norm):
+            norm.scale.assign(np.asarray(norm.scale.numpy()) + 0.5)
+    after = Batch.prefill(lm.runner, requests)[1]
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, Batch.prefill(keras_runner, requests)[1], atol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_torch_runner_prefills_long_prompts_in_chunks(tiny_model, arch, monkeypatch):
     """Chunks of 16 over a 70-token prompt (sliding window 8): each chunk's sliding layers read only the

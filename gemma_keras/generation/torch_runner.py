@@ -57,6 +57,24 @@ PREFILL_CHUNK = 512
 PACKED_MAX_ROWS = 32
 
 
+@dataclass(frozen=True)
+class _Products:
+    """One Gemma 1-3 layer's packed weights (`PackedLinear`), each None where the Keras kernel serves."""
+
+    qkv: Any = None  # query, key and value as one product
+    query: Any = None
+    key: Any = None
+    value: Any = None
+    out: Any = None
+    gate_up: Any = None  # the gate and up projections as one product
+    gate: Any = None
+    up: Any = None
+    down: Any = None
+
+
+_KERAS_KERNELS = _Products()
+
+
 @dataclass
 class _Block:
     block: Any
@@ -66,6 +84,7 @@ class _Block:
     qk_norm: bool
     post_norms: bool
     inv_freq: Any
+    packed: _Products = _KERAS_KERNELS
 
 
 @dataclass
@@ -89,14 +108,43 @@ class _Gemma3nBlock:
     cutoff: Any
 
 
+def _paths(layer: int) -> dict[str, str]:
+    """Gemma 1-3: the Keras weight path of each of a layer's products."""
+    at = f"transformer_layers.{layer}."
+    return {
+        "query": f"{at}attention.query_dense.kernel",
+        "key": f"{at}attention.key_dense.kernel",
+        "value": f"{at}attention.value_dense.kernel",
+        "out": f"{at}attention.output_dense.kernel",
+        "gate": f"{at}gating_ffw.kernel",
+        "up": f"{at}gating_ffw_2.kernel",
+        "down": f"{at}ffw_linear.kernel",
+    }
+
+
 def fused_products(layers: int) -> list[tuple[str, ...]]:
     """Gemma 1-3: the packed weights each layer multiplies as one (q, k, v; gate, up), by Keras weight path."""
     out = []
     for i in range(layers):
-        at = f"transformer_layers.{i}."
-        out.append(tuple(f"{at}attention.{p}_dense.kernel" for p in ("query", "key", "value")))
-        out.append((f"{at}gating_ffw.kernel", f"{at}gating_ffw_2.kernel"))
+        paths = _paths(i)
+        out.append((paths["query"], paths["key"], paths["value"]))
+        out.append((paths["gate"], paths["up"]))
     return out
+
+
+def _layer_products(packed: dict, layer: int) -> _Products:
+    paths = _paths(layer)
+    single = {name: packed.get(path) for name, path in paths.items()}
+    return _Products(
+        qkv=packed.get((paths["query"], paths["key"], paths["value"])),
+        gate_up=packed.get((paths["gate"], paths["up"])),
+        **single,
+    )
+
+
+def _version(tensor) -> int | None:
+    """The tensor's in-place version counter, or None for a tensor made under inference_mode (it has none)."""
+    return None if tensor.is_inference() else tensor._version
 
 
 def unsupported(backbone) -> str | None:
@@ -125,11 +173,12 @@ class TorchRunner:
 
         self.torch = torch
         self._scalars: dict = {}
+        self._norms: dict = {}  # per norm layer: (its weight tensor, that tensor's version, 1 + weight)
         self._angles: dict = {}  # RoPE's cos and sin for the positions of the current call
         # Keras weight path (`token_embedding.embeddings`, `transformer_layers.{i}.<attribute path>`) to
         # the `PackedLinear` that replaces it in the products; Gemma 1-3 only.
         self.packed = dict(packed or {})
-        self._packing = False  # whether this call multiplies by `packed` (see `_forward`)
+        self.packed_output = self.packed.get("token_embedding.embeddings")
         if self.packed and arch.cache_layout in ("per_layer", "altup"):
             raise GenerationArgumentError(f"packed weights are not wired up for {arch.title} here.")
         self.backbone = backbone
@@ -143,7 +192,7 @@ class TorchRunner:
         self.vocab_size = int(backbone.vocabulary_size)
         self.hidden = backbone.hidden_dim
         self._table = backbone.token_embedding.embeddings
-        for block in backbone.transformer_layers:
+        for i, block in enumerate(backbone.transformer_layers):
             a = block.attention
             if not self.gemma4:
                 if a.query_head_dim_normalize:
@@ -159,6 +208,7 @@ class TorchRunner:
                         qk_norm=bool(getattr(a, "use_query_key_norm", False)),
                         post_norms=bool(block.use_post_attention_norm),
                         inv_freq=ops.convert_to_tensor(a.rope_layer._get_inverse_freq(a.head_dim)),
+                        packed=_layer_products(self.packed, i) if self.packed else _KERAS_KERNELS,
                     )
                 )
                 continue
@@ -240,8 +290,27 @@ class TorchRunner:
 
     def _rms(self, x, norm):
         # As KerasHub's RMSNormalization: float32, x / sqrt(mean(x^2) + eps) * (1 + w); one fused op.
-        weight = 1 + norm.scale.value.float()
-        return self.torch.nn.functional.rms_norm(x.float(), weight.shape, weight, norm.epsilon).to(x.dtype)
+        weight = self._norm_weight(norm)
+        rms_norm = self.torch.nn.functional.rms_norm
+        if x.dtype == weight.dtype:
+            return rms_norm(x, weight.shape, weight, norm.epsilon)
+        return rms_norm(x.float(), weight.shape, weight, norm.epsilon).to(x.dtype)
+
+    def _norm_weight(self, norm):
+        """`1 + w` in float32, made again only when the weight changes (fine-tuning, merged adapters).
+
+        A decode step of the 270M runs 109 norms; adding 1 to each weight on every call cost
+        about 0.6 ms a step.
+        """
+        value = norm.scale.value
+        kept = self._norms.get(id(norm))
+        if kept is not None and kept[0] is value and kept[1] == _version(value):
+            return kept[2]
+        weight = 1 + value.float()
+        version = _version(value)
+        if version is not None:  # a tensor made under inference_mode has no version: not kept
+            self._norms[id(norm)] = (value, version, weight)
+        return weight
 
     @staticmethod
     def _rms4(x, norm):
@@ -264,16 +333,17 @@ class TorchRunner:
         torch = self.torch
         # The angles depend only on the positions of this call: found once per frequency table, not per layer.
         key = (id(inv_freq), x.dtype)
+        half = inv_freq.shape[0]
         if key not in self._angles:
             freq = positions[:, None] * inv_freq[None, :]
-            emb = torch.cat((freq, freq), dim=-1)
+            # x * cos + cat(-x2, x1) * sin, where cat(-x2, x1) is x rolled by half a head with its
+            # first half negated: the sign goes into sin once per call, and the roll is one op.
             self._angles[key] = (
-                emb.cos().to(x.dtype)[None, :, None, :],
-                emb.sin().to(x.dtype)[None, :, None, :],
+                torch.cat((freq, freq), dim=-1).cos().to(x.dtype)[None, :, None, :],
+                torch.cat((-freq.sin(), freq.sin()), dim=-1).to(x.dtype)[None, :, None, :],
             )
         cos, sin = self._angles[key]
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+        return torch.addcmul(x * cos, x.roll(half, dims=-1), sin)
 
     @staticmethod
     def _heads_in(x, kernel):
@@ -394,15 +464,19 @@ class TorchRunner:
         `empty` (Gemma 3n): `(queries that see no key (b, t), what they get instead (b, kv heads, dim))`.
         """
         torch = self.torch
-        b, t, heads, _ = q.shape
-        kv = keys.shape[2]
-        q = q.reshape(b, t, kv, heads // kv, q.shape[3])
-        scores = torch.einsum("btkgh,bskh->bkgts", q, keys)
+        b, t, heads, dim = q.shape
+        kv, length = keys.shape[2], keys.shape[1]
+        groups = heads // kv
+        # Each KV head's query heads and positions as the rows of one product (plain matmuls: at one
+        # query position einsum's planning cost more than its arithmetic).
+        rows = q.reshape(b, t, kv, groups, dim).permute(0, 2, 3, 1, 4).reshape(b, kv, groups * t, dim)
+        scores = rows.matmul(keys.permute(0, 2, 3, 1)).view(b, kv, groups, t, length)
         if soft_cap is not None:
             scores = torch.tanh(scores / soft_cap) * soft_cap
         scores = scores.float().masked_fill(~mask[:, None, None], -1e9)
-        probs = torch.softmax(scores, dim=-1).to(values.dtype)
-        out = torch.einsum("bkgts,bskh->btkgh", probs, values).reshape(b, t, heads, values.shape[-1])
+        probs = torch.softmax(scores, dim=-1).to(values.dtype).view(b, kv, groups * t, length)
+        out = probs.matmul(values.permute(0, 2, 1, 3)).view(b, kv, groups, t, -1)
+        out = out.permute(0, 3, 1, 2, 4).reshape(b, t, heads, values.shape[-1])
         if empty is None:
             # As KerasHub: a query that may see no key (a padding position) gets zeros, not an average.
             out = out.masked_fill(~mask.any(dim=-1)[:, :, None, None], 0)
@@ -419,45 +493,34 @@ class TorchRunner:
         attn = out.permute(2, 0, 1, 3).reshape(heads, b * t, -1).matmul(out_kernel).sum(0)
         return attn.reshape(b, t, -1)
 
-    def _mlp(self, h, blk, prefix: str = ""):
-        both = self._packed((f"{prefix}gating_ffw.kernel", f"{prefix}gating_ffw_2.kernel"))
-        if both is not None:
-            gate, up = both(h).chunk(2, dim=-1)
-            gate = self.torch.nn.functional.gelu(gate, approximate="tanh")
-            return self._dense(gate * up, blk.ffw_linear, f"{prefix}ffw_linear")
-        gate = self._dense(h, blk.gating_ffw, f"{prefix}gating_ffw")
+    def _mlp(self, h, blk, products: _Products = _KERAS_KERNELS):
+        if products.gate_up is not None:
+            gate, up = products.gate_up(h).chunk(2, dim=-1)
+        else:
+            gate = self._dense(h, blk.gating_ffw, products.gate)
+            up = self._dense(h, blk.gating_ffw_2, products.up)
         gate = self.torch.nn.functional.gelu(gate, approximate="tanh")
-        return self._dense(
-            gate * self._dense(h, blk.gating_ffw_2, f"{prefix}gating_ffw_2"),
-            blk.ffw_linear,
-            f"{prefix}ffw_linear",
-        )
+        return self._dense(gate * up, blk.ffw_linear, products.down)
 
-    def _dense(self, x, layer, path: str):
-        """`x @ kernel` for a Dense layer, or its packed weight under `path`."""
-        packed = self._packed(f"{path}.kernel")
+    @staticmethod
+    def _dense(x, layer, packed=None):
+        """`x @ kernel` for a Dense layer, or by its packed weight."""
         return x.matmul(layer.kernel.value) if packed is None else packed(x)
 
-    def _qkv(self, h, att, at: str):
+    def _qkv(self, h, att, products: _Products):
         """Gemma 1-3's query, key and value heads of `h`: packed as one product when they are."""
-        paths = tuple(f"{at}attention.{p}_dense" for p in ("query", "key", "value"))
         heads = (att.num_query_heads, att.num_key_value_heads, att.num_key_value_heads)
-        together = self._packed(tuple(f"{p}.kernel" for p in paths))
-        if together is None:
+        if products.qkv is None:
             layers = (att.query_dense, att.key_dense, att.value_dense)
-            return [self._heads_of(h, layer, p, n) for layer, p, n in zip(layers, paths, heads, strict=True)]
-        y = together(h)
+            packed = (products.query, products.key, products.value)
+            return [self._heads_of(h, *each) for each in zip(layers, heads, packed, strict=True)]
+        y = products.qkv(h)
         dim = y.shape[-1] // sum(heads)
         parts = y.split([n * dim for n in heads], dim=-1)
         return [p.reshape(*p.shape[:-1], n, dim) for p, n in zip(parts, heads, strict=True)]
 
-    def _packed(self, key):
-        """The packed weight under `key`, when this call uses packed weights; else None."""
-        return self.packed.get(key) if self._packing else None
-
-    def _heads_of(self, x, layer, path: str, heads: int):
-        """An EinsumDense (heads, hidden, dim) projection of `x`, or its packed weight: `(b, t, heads, dim)`."""
-        packed = self._packed(f"{path}.kernel")
+    def _heads_of(self, x, layer, heads: int, packed=None):
+        """An EinsumDense (heads, hidden, dim) projection of `x`, or by its packed weight: `(b, t, heads, dim)`."""
         if packed is None:
             return self._heads_in(x, layer.kernel.value)
         y = packed(x)
@@ -479,7 +542,7 @@ class TorchRunner:
         embeddings = self._table.value
         self._angles = {}
         b, t = token_ids.shape
-        self._packing = b * t <= PACKED_MAX_ROWS
+        packing = bool(self.packed) and b * t <= PACKED_MAX_ROWS
         token_ids = token_ids.long()
         device = self.device
         end = index + t  # keys past the last written position are masked anyway
@@ -495,9 +558,10 @@ class TorchRunner:
             x = self._gemma4_layers(x, token_ids, cache, index, positions, visible, distance)
             x = self._rms4(x if every_position else x[:, -1:, :], backbone.layer_norm)
         else:
-            x = self._layers(self._embed(embeddings, token_ids), cache, index, positions, visible, distance)
+            x = self._embed(embeddings, token_ids)
+            x = self._layers(x, cache, index, positions, visible, distance, packing)
             x = self._rms(x if every_position else x[:, -1:, :], backbone.layer_norm)
-        output = self._packed("token_embedding.embeddings")
+        output = self.packed_output if packing else None
         flat = x.reshape(-1, x.shape[-1])
         logits = (self._logits(flat, embeddings) if output is None else output(flat)).float()
         if self.final_cap is not None:
@@ -510,16 +574,19 @@ class TorchRunner:
         x = embeddings[token_ids]
         return x * self._scalar(math.sqrt(self.hidden), x.dtype)
 
-    def _layers(self, x, cache, index, positions, visible, distance):
-        """Gemma 1-3's decoder blocks; writes each layer's keys and values into `cache`."""
+    def _layers(self, x, cache, index, positions, visible, distance, packing: bool):
+        """Gemma 1-3's decoder blocks; writes each layer's keys and values into `cache`.
+
+        With `packing`, the products go through each layer's packed weights where it has them.
+        """
         end = index + x.shape[1]
         masks = {}
-        for i, (spec, (key_cache, value_cache)) in enumerate(zip(self.blocks, cache, strict=True)):
+        for spec, (key_cache, value_cache) in zip(self.blocks, cache, strict=True):
             blk = spec.block
             att = blk.attention
-            at = f"transformer_layers.{i}."
+            products = spec.packed if packing else _KERAS_KERNELS
             h = self._rms(x, blk.pre_attention_norm)
-            q, k, v = self._qkv(h, att, at)
+            q, k, v = self._qkv(h, att, products)
             if spec.qk_norm:
                 q = self._rms(q, att.query_norm)
                 k = self._rms(k, att.key_norm)
@@ -538,13 +605,13 @@ class TorchRunner:
                     else visible[:, :, lo:] & (distance[:, lo:].abs() < spec.window)[None]
                 )
             mask = masks[spec.window]
-            out_kernel = self._packed(f"{at}attention.output_dense.kernel") or att.output_dense.kernel.value
+            out_kernel = products.out or att.output_dense.kernel.value
             attn = self._attend(q, keys, values, mask, spec.soft_cap, out_kernel)
             if spec.post_norms:
                 attn = self._rms(attn, blk.post_attention_norm)
             x = x + attn
             h = self._rms(x, blk.pre_ffw_norm)
-            ff = self._mlp(h, blk, at)
+            ff = self._mlp(h, blk, products)
             if spec.post_norms:
                 ff = self._rms(ff, blk.post_ffw_norm)
             x = x + ff
