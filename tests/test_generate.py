@@ -125,6 +125,34 @@ def test_torch_runner_matches_the_keras_layers(tiny_model, arch):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_keras_runner_prefills_long_prompts_in_pieces(tiny_model, arch):
+    """A 64-token feed in pieces of 16 (sliding window 8) gives the logits of one whole pass."""
+    lm = tiny_model(arch)
+    runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
+    assert runner.prefill_chunk == capabilities().prefill_chunk
+    ids = np.array(
+        [lm.tokenizer.encode("the capital of France is Paris and hello world " * 9)[:64]], np.int32
+    )
+    assert ids.shape[1] == 64
+    mask = runner.prepare_mask(np.ones((1, 96), np.int32))
+    runner.prefill_chunk = None
+    whole_all, _ = runner.forward_all(ids, mask, runner.new_cache(1, 96), 0)
+    whole_last, whole_cache = runner.forward(ids, mask, runner.new_cache(1, 96), 0)
+    traces = runner.trace_count
+    runner.prefill_chunk = 16
+    pieces_all, _ = runner.forward_all(ids, mask, runner.new_cache(1, 96), 0)
+    pieces_last, pieces_cache = runner.forward(ids, mask, runner.new_cache(1, 96), 0)
+    assert runner.trace_count > traces  # the pieces ran as their own calls
+    np.testing.assert_allclose(pieces_all, whole_all, atol=1e-4)
+    np.testing.assert_allclose(pieces_last, whole_last, atol=1e-4)
+    # The cache the pieces wrote decodes the next token as the whole pass's does.
+    feed = np.array([[7]], np.int32)
+    a, _ = runner.forward(feed, mask, pieces_cache, 64)
+    b, _ = runner.forward(feed, mask, whole_cache, 64)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_torch_runner_follows_norm_weights_changed_after_a_call(tiny_model):
     """The runner keeps each norm's `1 + w` between calls; a weight assigned later must still count."""
     lm = tiny_model("gemma3")

@@ -45,9 +45,18 @@ class KerasRunner:
 
     chunk = CHUNK
 
-    def __init__(self, causal_lm, arch: Architecture, sharded: bool = False, compiles: bool = True):
+    def __init__(
+        self,
+        causal_lm,
+        arch: Architecture,
+        sharded: bool = False,
+        compiles: bool = True,
+        prefill_chunk: int | None = None,
+    ):
         self.causal_lm = causal_lm
         self.compiles = compiles
+        # Gemma 1-3 prompts wider than this run in pieces of this many positions (see `_in_pieces`).
+        self.prefill_chunk = prefill_chunk if arch.cache_layout not in ("per_layer", "altup") else None
         self.backbone = causal_lm.backbone
         self.arch = arch
         self.trace_count = 0
@@ -337,13 +346,31 @@ class KerasRunner:
             return tuple(np.asarray(ops.convert_to_numpy(o)) for o in out), cache
         return np.asarray(ops.convert_to_numpy(out)), cache
 
+    def _in_pieces(self, name: str, token_ids, mask, cache, index: int):
+        """`_call`, over pieces of `prefill_chunk` positions when the feed is wider than that.
+
+        Each piece is one compiled call, and its attention scores span
+        `piece x cache length`, not `prompt x cache length`. Long prompts are
+        bucketed to multiples of 512 (`decode.prompt_bucket`), so the pieces
+        share a few compiled shapes.
+        """
+        token_ids = np.asarray(token_ids)
+        step, width = self.prefill_chunk, token_ids.shape[1]
+        if not step or width <= step:
+            return self._call(name, token_ids, mask, cache, index)
+        outs = []
+        for start in range(0, width, step):
+            out, cache = self._call(name, token_ids[:, start : start + step], mask, cache, index + start)
+            outs.append(out)
+        return (np.concatenate(outs, axis=1) if name == "forward_all" else outs[-1]), cache
+
     def forward(self, token_ids, mask, cache, index: int):
-        """One forward pass: returns `(last-position logits as numpy, cache)`."""
-        return self._call("forward", token_ids, mask, cache, index)
+        """A forward pass: returns `(last-position logits as numpy, cache)`."""
+        return self._in_pieces("forward", token_ids, mask, cache, index)
 
     def forward_all(self, token_ids, mask, cache, index: int):
-        """One forward pass: returns `(logits after every fed token (rows, t, vocab), cache)`."""
-        return self._call("forward_all", token_ids, mask, cache, index)
+        """A forward pass: returns `(logits after every fed token (rows, t, vocab), cache)`."""
+        return self._in_pieces("forward_all", token_ids, mask, cache, index)
 
     def forward_at(self, token_ids, mask, cache, index: int, last: int):
         """As `forward`, but the logits after fed token `last`: tokens after it are padding, whose keys

@@ -127,7 +127,13 @@ def make_runner(
         if reason:
             raise GenerationArgumentError(f"the plain-torch runner cannot run this model: {reason}.")
         return torch_runner.TorchRunner(backbone, arch)
-    return keras_runner.KerasRunner(causal_lm, arch, sharded=caps.shards_variables, compiles=caps.compiles)
+    return keras_runner.KerasRunner(
+        causal_lm,
+        arch,
+        sharded=caps.shards_variables,
+        compiles=caps.compiles,
+        prefill_chunk=caps.prefill_chunk,
+    )
 
 
 def _packed_runner(backbone, arch: Architecture, path: str | os.PathLike) -> Runner:
