@@ -13,3 +13,14 @@ def bucket(n: int, minimum: int) -> int:
     while size < n:
         size *= 2
     return size
+
+
+def long_bucket(n: int, minimum: int, step: int) -> int:
+    """`bucket(n, minimum)` up to `step`; past it, the smallest multiple of `step` that is >= `n`.
+
+    Long prompts and caches grow by `step` instead of doubling. Doubling
+    padded a 2,049-token prompt to 4,096 tokens and gave an 8,192-token
+    prompt a 16,384-position cache, and a compiled runner attends over every
+    position of its cache. `step` is a power-of-two multiple of `minimum`.
+    """
+    return bucket(n, minimum) if n <= step else -(-n // step) * step

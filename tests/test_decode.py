@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
-from gemma_keras.generation.decode import Batch, Request, generate_ids, next_token_logits
+from gemma_keras.generation.decode import (
+    Batch,
+    Request,
+    cache_bucket,
+    generate_ids,
+    next_token_logits,
+    prompt_bucket,
+)
 from gemma_keras.generation.streaming import TextCollector
 from tests.conftest import ARCHITECTURES
 
@@ -20,6 +27,23 @@ def _alone(lm, prompt: list[int], steps: int) -> list[int]:
 def _run_to_end(batch: Batch) -> None:
     while not batch.done:
         batch.step()
+
+
+def test_long_prompts_and_caches_grow_by_steps_not_by_doubling():
+    # Short ones stay powers of two: few compiled shapes.
+    assert [prompt_bucket(n) for n in (1, 16, 17, 300, 512)] == [16, 16, 32, 512, 512]
+    assert [cache_bucket(n) for n in (1, 129, 600, 1024)] == [128, 256, 1024, 1024]
+    # Long ones by 512 (a prefill piece) and 1,024 positions.
+    assert [prompt_bucket(n) for n in (513, 1025, 2049, 8192)] == [1024, 1536, 2560, 8192]
+    assert [cache_bucket(n) for n in (1025, 2065, 8209)] == [2048, 3072, 9216]
+
+
+def test_a_long_prompt_gets_a_cache_only_as_long_as_it_needs(tiny_model):
+    lm = tiny_model("gemma3")
+    prompt = (lm.tokenizer.encode("the capital of France is Paris and hello world " * 40) * 8)[:1100]
+    batch, _ = Batch.start(lm.runner, [Request(prompt, 4)])
+    assert batch.index == 1536  # the prompt's bucket, where decoding starts
+    assert batch.length == 2048  # 1,536 + 4 + a chunk, by 1,024s: not 4,096
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

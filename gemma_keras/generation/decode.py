@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gemma_keras.buckets import bucket
+from gemma_keras.buckets import bucket, long_bucket
 from gemma_keras.checks import is_integer, positive_int
 from gemma_keras.errors import GenerationArgumentError, GenerationError
 from gemma_keras.generation.runner import Runner
@@ -50,6 +50,22 @@ from gemma_keras.generation.structured import Constraint
 
 MIN_PROMPT_BUCKET = 16
 MIN_CACHE_BUCKET = 128
+# Past these, prompt and cache buckets grow in steps of this size (`buckets.long_bucket`). A prompt
+# step of 512 is the Keras runner's prefill piece, so every long prompt runs as pieces of one shape.
+PROMPT_STEP = 512
+CACHE_STEP = 1024
+
+
+def prompt_bucket(n: int) -> int:
+    """The padded width of an `n`-token prompt."""
+    return long_bucket(n, MIN_PROMPT_BUCKET, PROMPT_STEP)
+
+
+def cache_bucket(n: int) -> int:
+    """The cache length that holds `n` positions."""
+    return long_bucket(n, MIN_CACHE_BUCKET, CACHE_STEP)
+
+
 Detokenize = Callable[[list[int]], str]
 
 
@@ -256,10 +272,10 @@ class Batch:
         longest = max(len(r.prompt) for r in requests)
         budget = max(r.max_new_tokens for r in requests)
         _check_context(longest, budget, context_length)
-        prompt_len = bucket(longest, MIN_PROMPT_BUCKET)
+        prompt_len = prompt_bucket(longest)
         end = max(prompt_len, int(reserve))
         # Room for a greedy chunk that runs past the last token asked for.
-        length = bucket(max(end + budget + max(runner.chunk, 1), length or 0), MIN_CACHE_BUCKET)
+        length = cache_bucket(max(end + budget + max(runner.chunk, 1), length or 0))
         batch = cls(runner, max(len(requests), rows or 0), length, pad_id, detokenize)
         tokens = np.full((batch.size, prompt_len), pad_id, dtype=np.int32)
         for row, request in enumerate(requests):
@@ -275,7 +291,7 @@ class Batch:
     def fits(self, request: Request) -> bool:
         """Whether `request`'s (bucketed) prompt fits before the current position, and its budget after it."""
         room = self.length - self.index - max(self.runner.chunk, 1)
-        padded = bucket(len(request.prompt), MIN_PROMPT_BUCKET)
+        padded = prompt_bucket(len(request.prompt))
         return padded <= self.index and request.max_new_tokens <= room
 
     def can_join(self, request: Request) -> bool:
@@ -295,7 +311,7 @@ class Batch:
         start = self.index - len(request.prompt)
         # The prompt is prefilled alone, left-padded to its bucket (so its compiled
         # prefill is reused), in a cache of the same length; then copied into the row.
-        padded = bucket(len(request.prompt), MIN_PROMPT_BUCKET)
+        padded = prompt_bucket(len(request.prompt))
         alone = Batch(self.runner, 1, self.length, self.pad_id, self.detokenize)
         tokens = np.full((alone.size, padded), self.pad_id, dtype=np.int32)
         tokens[0, padded - len(request.prompt) :] = request.prompt
@@ -502,7 +518,7 @@ class KeptCache:
                 grown = 2 * needed
                 if self.context_length is not None:
                     grown = max(needed, min(grown, start + self.context_length + chunk))
-                batch.lengthen(bucket(grown, MIN_CACHE_BUCKET))
+                batch.lengthen(cache_bucket(grown))
             index = start + common
             state = batch._place(0, request, start)
             tokens = np.full((batch.size, width), self.pad_id, dtype=np.int32)
