@@ -29,7 +29,7 @@ def test_lora_teaches_made_up_facts(tmp_path):
         made_up_fact_records(),
         lora_rank=8,
         lora_alpha=16,
-        epochs=10,
+        epochs=12,
         batch_size=2,
         learning_rate=2e-3,
         sequence_length=64,
