@@ -98,9 +98,12 @@ def test_new_lengths_in_a_bucket_reuse_compiled_functions(tiny_gguf):
     assert lm.runner.trace_count == traces
 
 
+@pytest.mark.parametrize("rows", [2, 8])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_torch_runner_matches_the_keras_layers(tiny_model, arch):
-    """On torch the factory picks the plain-torch runner; it must give KerasHub's numbers."""
+def test_torch_runner_matches_the_keras_layers(tiny_model, arch, rows):
+    """On torch the factory picks the plain-torch runner; it must give KerasHub's numbers.
+
+    8 rows take the output projection padded to 16 rows (`TorchRunner._logits`)."""
     lm = tiny_model(arch)
     if not capabilities().plain_torch:
         assert isinstance(lm.runner, KerasRunner)
@@ -109,15 +112,13 @@ def test_torch_runner_matches_the_keras_layers(tiny_model, arch):
         pytest.skip("the plain-torch runner exists only on the torch backend")
     assert isinstance(lm.runner, TorchRunner)
     keras_runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
-    requests = [
-        Request(lm.tokenizer.encode(p), 16)
-        for p in ("the capital of France is Paris and hello world", "model")
-    ]
+    texts = ("the capital of France is Paris and hello world", "model", "hello", "the sea and")
+    requests = [Request(lm.tokenizer.encode(texts[i % len(texts)] * (1 + i // 4)), 16) for i in range(rows)]
     fast, fast_logits = Batch.prefill(lm.runner, requests)
     slow, slow_logits = Batch.prefill(keras_runner, requests)
     np.testing.assert_allclose(fast_logits, slow_logits, atol=1e-4)
     for token in ([5, 9], [17, 3], [40, 41]):  # past the sliding window of 8
-        feed = np.array(token, np.int32)[:, None]
+        feed = np.resize(np.array(token, np.int32), rows)[:, None]
         a, fast.cache = lm.runner.forward(feed, fast._runner_mask(), fast.cache, fast.index)
         b, slow.cache = keras_runner.forward(feed, slow._runner_mask(), slow.cache, slow.index)
         fast.index += 1
