@@ -24,6 +24,19 @@ def _alone(lm, prompt: list[int], steps: int) -> list[int]:
     return generate_ids(lm.runner, [prompt], steps)[0]
 
 
+def _count_forward_calls(runner, monkeypatch):
+    """Counts `runner.forward` calls until the test ends; returns a function that says how many so far."""
+    calls = []
+    forward = runner.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "forward", counted)
+    return lambda: len(calls)
+
+
 def _run_to_end(batch: Batch) -> None:
     while not batch.done:
         batch.step()
@@ -179,3 +192,29 @@ def test_detokenization_is_linear_in_length():
         c.feed(i)
     # A full decode per token would touch n * (n + 1) / 2 = 4.5 million ids.
     assert decoded[0] < 5 * n
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_rows_that_join_together_decode_as_if_alone(tiny_model, arch, monkeypatch):
+    """Three prompts of different buckets prefilled in one call and copied into a running batch."""
+    lm = tiny_model(arch)
+    first = lm.tokenizer.encode("the capital of France is Paris and the model")
+    late = [lm.tokenizer.encode(t) for t in ("hello", "the model of the sea and", "Paris " * 12)]
+    batch, _ = Batch.start(lm.runner, [Request(first, 70)], rows=4, reserve=32)
+    batch.step()
+    calls = _count_forward_calls(lm.runner, monkeypatch)
+    rows, events = batch.join_all([Request(p, 12) for p in late])
+    assert calls() == 1  # one prefill for the three
+    assert rows == [1, 2, 3] and sorted({e.row for e in events}) == rows
+    _run_to_end(batch)
+    for row, prompt in zip(rows, late, strict=True):
+        assert batch.ids(row) == _alone(lm, prompt, 12)
+    assert batch.ids(0) == _alone(lm, first, 70)
+
+
+def test_join_all_refuses_more_requests_than_free_rows(tiny_model):
+    lm = tiny_model("gemma3")
+    batch, _ = Batch.start(lm.runner, [Request(lm.tokenizer.encode("hello"), 40)], rows=2, reserve=32)
+    with pytest.raises(gk.GenerationArgumentError, match="free rows: 1 for 2 requests"):
+        batch.join_all([Request(lm.tokenizer.encode("the"), 4)] * 2)
+    assert batch.free_rows() == [1]  # nothing was placed

@@ -142,6 +142,94 @@ def test_concurrent_streams_equal_alone(server, client, lm):
         assert results[i] == lm.generate(prompt, max_new_tokens=budget), i
 
 
+def test_requests_that_arrive_together_join_in_one_prefill(lm, monkeypatch):
+    """The engine without HTTP: three requests queued in one round join a running batch together."""
+    import importlib
+
+    from gemma_keras.serving.engine import Engine, Job
+
+    decode = importlib.import_module("gemma_keras.generation.decode")
+    groups: list[int] = []
+    join_all = decode.Batch.join_all
+
+    def recorded(batch, requests):
+        groups.append(len(requests))
+        return join_all(batch, requests)
+
+    monkeypatch.setattr(decode.Batch, "join_all", recorded)
+    engine = Engine(lm.runner, lm.tokenizer.pad_id, lm.tokenizer.decode, lm.info.context_length, max_batch=4)
+    texts: dict[int, list[str]] = {}
+    done = {i: threading.Event() for i in range(4)}
+    first_token = threading.Event()
+
+    def deliver_to(i: int):
+        def deliver(event) -> None:
+            assert not isinstance(event, BaseException), event
+            texts.setdefault(i, []).append(event.text)
+            first_token.set()
+            if event.finish_reason is not None:
+                done[i].set()
+
+        return deliver
+
+    budgets = [60, 9, 14, 5]
+    encoded = [lm.tokenizer.encode(p) for p in PROMPTS[:4]]
+    jobs = [Job(decode.Request(encoded[i], budgets[i]), deliver_to(i)) for i in range(4)]
+    engine.start()
+    try:
+        engine.submit(jobs[:1])
+        assert first_token.wait(WAIT)
+        engine.submit(jobs[1:])  # queued at once: taken in one round
+        for event in done.values():
+            assert event.wait(WAIT)
+    finally:
+        engine.stop()
+    assert groups == [3]
+    for i, prompt in enumerate(PROMPTS[:4]):
+        assert "".join(texts[i]) == lm.generate(prompt, max_new_tokens=budgets[i]), i
+
+
+def test_requests_sent_during_a_prefill_join_before_the_next_step(lm, monkeypatch):
+    """Requests that arrive while the engine prefills another are admitted before it decodes on."""
+    from gemma_keras.generation.decode import Request
+    from gemma_keras.serving.engine import Engine, Job
+
+    engine = Engine(lm.runner, lm.tokenizer.pad_id, lm.tokenizer.decode, lm.info.context_length, max_batch=4)
+    order: list[int] = []
+    done = {i: threading.Event() for i in range(4)}
+
+    def deliver_to(i: int):
+        def deliver(event) -> None:
+            order.append(i if not isinstance(event, BaseException) else -1)
+            if isinstance(event, BaseException) or event.finish_reason is not None:
+                done[i].set()
+
+        return deliver
+
+    jobs = [Job(Request(lm.tokenizer.encode(p), 20), deliver_to(i)) for i, p in enumerate(PROMPTS[:4])]
+    forward = lm.runner.forward
+    sent: list[bool] = []
+
+    def forward_then_submit(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if not sent:  # the first call is the first prompt's prefill
+            sent.append(True)
+            engine.submit(jobs[1:])  # as if sent while it ran
+        return out
+
+    monkeypatch.setattr(lm.runner, "forward", forward_then_submit)
+    engine.start()
+    try:
+        engine.submit(jobs[:1])
+        for event in done.values():
+            assert event.wait(WAIT)
+    finally:
+        engine.stop()
+    assert -1 not in order
+    second_of_first = [k for k, i in enumerate(order) if i == 0][1]
+    assert all(order.index(i) < second_of_first for i in (1, 2, 3)), order
+
+
 def test_short_request_is_not_held_back_by_a_long_one(server, client):
     """Ordering, not timing: a short request sent after a long one started finishes first."""
     order: list[str] = []

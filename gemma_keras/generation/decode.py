@@ -300,28 +300,43 @@ class Batch:
 
     def join(self, request: Request) -> tuple[int, list[Event]]:
         """Adds a row whose prompt ends at the current position; returns its row and first events."""
-        request.check(self.runner.vocab_size)
-        if not self.can_join(request):
-            raise GenerationArgumentError(
-                f"the request cannot join this batch now (free rows: {len(self.free_rows())}, prompt "
-                f"{len(request.prompt)} tokens before position {self.index}, room for "
-                f"{self.length - self.index} more)."
-            )
-        row = self.free_rows()[0]
-        start = self.index - len(request.prompt)
-        # The prompt is prefilled alone, left-padded to its bucket (so its compiled
-        # prefill is reused), in a cache of the same length; then copied into the row.
-        padded = prompt_bucket(len(request.prompt))
-        alone = Batch(self.runner, 1, self.length, self.pad_id, self.detokenize)
-        tokens = np.full((alone.size, padded), self.pad_id, dtype=np.int32)
-        tokens[0, padded - len(request.prompt) :] = request.prompt
-        alone.mask[0, start:] = 1
-        logits, alone.cache = self.runner.forward(
-            tokens, alone._runner_mask(), alone.cache, self.index - padded
+        rows, events = self.join_all([request])
+        return rows[0], events
+
+    def join_all(self, requests: Sequence[Request]) -> tuple[list[int], list[Event]]:
+        """Adds a row per request, each prompt ending at the current position; returns the rows and events.
+
+        The prompts are prefilled together, left-padded to one bucket (so
+        compiled prefills are reused), in a cache of this batch's length, and
+        then copied into their rows: requests that arrive together pay for one
+        pass over the weights, not one each.
+        """
+        for request in requests:
+            request.check(self.runner.vocab_size)
+        free = self.free_rows()
+        for request in requests:
+            if len(requests) > len(free) or not self.fits(request):
+                raise GenerationArgumentError(
+                    f"the request cannot join this batch now (free rows: {len(free)} for "
+                    f"{len(requests)} requests, prompt {len(request.prompt)} tokens before position "
+                    f"{self.index}, room for {self.length - self.index} more)."
+                )
+        rows = free[: len(requests)]
+        padded = max(prompt_bucket(len(r.prompt)) for r in requests)
+        together = Batch(self.runner, bucket(len(requests), 1), self.length, self.pad_id, self.detokenize)
+        tokens = np.full((together.size, padded), self.pad_id, dtype=np.int32)
+        for i, request in enumerate(requests):
+            tokens[i, padded - len(request.prompt) :] = request.prompt
+            together.mask[i, self.index - len(request.prompt) :] = 1
+        logits, together.cache = self.runner.forward(
+            tokens, together._runner_mask(), together.cache, self.index - padded
         )
-        self.cache = self.runner.copy_row(self.cache, row, alone.cache, 0)
-        state = self._place(row, request, start)
-        return row, state.accept(row, state.pick(logits[0]))
+        events: list[Event] = []
+        for i, (row, request) in enumerate(zip(rows, requests, strict=True)):
+            self.cache = self.runner.copy_row(self.cache, row, together.cache, i)
+            state = self._place(row, request, self.index - len(request.prompt))
+            events += state.accept(row, state.pick(logits[i]))
+        return rows, events
 
     def resize(self, rows: int) -> dict[int, int]:
         """Moves the active rows into a cache of `rows` slots; returns {old row: new row}.

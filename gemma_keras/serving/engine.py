@@ -4,7 +4,8 @@ Requests arrive from the web server's event loop at any time. The engine's
 thread takes them between decode steps: a request joins a running batch
 when its prompt fits before the batch's position and its budget fits after
 it (a batch starts with `reserve` columns before decoding, so most prompts
-fit at once); otherwise it starts a new batch. Rows that end or whose
+fit at once); otherwise it starts a new batch. Requests taken in the same
+round are prefilled together, one pass over the weights per batch they join. Rows that end or whose
 client went away leave at once, so a long request never holds a short one
 back. A batch grows (by powers of two) as rows join and shrinks as they
 leave, so a lone request does not pay for idle rows.
@@ -30,6 +31,11 @@ from gemma_keras.generation.decode import Batch, Event, Request
 # Prompt columns kept free before decoding starts: a prompt of up to this many
 # tokens can join a running batch at once.
 DEFAULT_RESERVE = 128
+
+
+# Admission rounds before a decode step: each takes the requests that arrived during the last one's
+# prefill (they are usually sent together), bounded so that running rows keep decoding.
+ADMIT_ROUNDS = 3
 
 
 class QueueFull(Exception):
@@ -63,6 +69,7 @@ class Job:
 
 
 class _Running:
+    # Hashed by identity: `_admit` groups the jobs that join each one.
     def __init__(self, batch: Batch, jobs: dict[int, Job]):
         self.batch = batch
         self.jobs = jobs
@@ -153,7 +160,11 @@ class Engine:
                 if self._stop:
                     break
             self._drop_cancelled()
-            self._admit()
+            # Requests that arrived while the last ones were prefilled are taken before the next step:
+            # a step of a greedy chunk would keep them waiting for the whole chunk.
+            for _ in range(ADMIT_ROUNDS):
+                if not self._admit():
+                    break
             for running in list(self._running):
                 self._step(running)
             self._running = [r for r in self._running if r.batch.active]
@@ -162,39 +173,58 @@ class Engine:
         for job in [*self._waiting, *(j for r in self._running for j in r.jobs.values())]:
             self._fail(job, error)
 
-    def _admit(self) -> None:
+    def _admit(self) -> bool:
+        """Takes waiting requests into batches; says whether it took any.
+
+        Requests taken together join together: one prefill per batch they join, not one each.
+        """
         fresh: list[Job] = []
+        joining: dict[_Running, list[Job]] = {}
         while self._waiting:
             job = self._waiting[0]
             if job.cancelled:
                 self._waiting.popleft()
                 self._finish(job, Event(-1, None, "", "cancelled"))
                 continue
-            if self.active_rows + len(fresh) >= self.max_batch:
+            admitted = len(fresh) + sum(len(jobs) for jobs in joining.values())
+            if self.active_rows + admitted >= self.max_batch:
                 break
             self._waiting.popleft()
-            if not self._join(job):
+            try:
+                job.request.check(self.runner.vocab_size)
+            except Exception as exc:  # a bad request ends alone, before it can fail a group
+                self._fail(job, exc)
+                continue
+            running = self._batch_for(job.request)
+            if running is None:
                 fresh.append(job)
+            else:
+                joining.setdefault(running, []).append(job)
+        for running, jobs in joining.items():
+            self._join(running, jobs)
         if fresh:
             self._start(fresh)
+        return bool(fresh or joining)
 
-    def _join(self, job: Job) -> bool:
-        request = job.request
+    def _batch_for(self, request: Request) -> _Running | None:
+        """The running batch `request` can join (the fullest first), or None."""
         for running in sorted(self._running, key=lambda r: -len(r.batch.active)):
-            batch = running.batch
-            if not batch.fits(request):
-                continue
-            if not batch.free_rows():
-                self._resize(running, bucket(len(batch.active) + 1, 1))
-            try:
-                row, events = batch.join(request)
-            except Exception as exc:  # a model failure ends this job only
+            if running.batch.fits(request):
+                return running
+        return None
+
+    def _join(self, running: _Running, jobs: list[Job]) -> None:
+        batch = running.batch
+        if len(batch.free_rows()) < len(jobs):
+            self._resize(running, bucket(len(batch.active) + len(jobs), 1))
+        try:
+            rows, events = batch.join_all([job.request for job in jobs])
+        except Exception as exc:  # a model failure ends these jobs only
+            for job in jobs:
                 self._fail(job, exc)
-                return True
-            running.jobs[row] = job
-            self._dispatch(running, events)
-            return True
-        return False
+            return
+        running.jobs.update(zip(rows, jobs, strict=True))
+        self._dispatch(running, events)
 
     def _start(self, jobs: list[Job]) -> None:
         # `Batch.prefill` makes the cache at least as long as these requests need. Beyond that, a
