@@ -380,7 +380,7 @@ def assert_transformers_logits(checkpoint: Path, ids: list[int], want, atol: flo
 def assert_plain_torch_matches_keras(lm, prompts: list[str], atol: float = 3e-5) -> None:
     """`lm` runs on the plain-torch runner, and every call the decode loop makes gives the Keras layers'
     logits: a batched prefill of rows of different lengths (`prompts[0]` past the tiny models' sliding
-    window of 8), single steps, `select_rows` (an empty row), `copy_row`, `lengthen`, `forward_all`."""
+    window of 8), single steps, `select_rows` (an empty row), `copy_rows`, `lengthen`, `forward_all`."""
     import numpy as np
 
     from gemma_keras.generation.decode import Batch, Request
@@ -411,7 +411,7 @@ def assert_plain_torch_matches_keras(lm, prompts: list[str], atol: float = 3e-5)
         batch.resize(4)  # select_rows: an empty row, whose queries see no key at all
     feed(1)
     for batch in (fast, slow):
-        batch.join(Request(lm.tokenizer.encode(prompts[1]), 8))  # prefilled alone, then copy_row
+        batch.join(Request(lm.tokenizer.encode(prompts[1]), 8))  # prefilled alone, then copy_rows
         batch.lengthen(2 * batch.length)
     assert fast.rows[3] is not None
     feed(1)

@@ -331,9 +331,9 @@ class Batch:
         logits, together.cache = self.runner.forward(
             tokens, together._runner_mask(), together.cache, self.index - padded
         )
+        self.cache = self.runner.copy_rows(self.cache, rows, together.cache, list(range(len(requests))))
         events: list[Event] = []
         for i, (row, request) in enumerate(zip(rows, requests, strict=True)):
-            self.cache = self.runner.copy_row(self.cache, row, together.cache, i)
             state = self._place(row, request, self.index - len(request.prompt))
             events += state.accept(row, state.pick(logits[i]))
         return rows, events

@@ -268,13 +268,17 @@ class KerasRunner:
 
         return self._place(ops.convert_to_tensor(np.asarray(padding_mask, np.int32), "int32"))
 
-    def copy_row(self, cache, row: int, source, source_row: int):
+    def copy_rows(self, cache, rows: list[int], source, source_rows: list[int]):
         import keras
         from keras import ops
 
+        # One scatter per cache tensor: each eager update copies the whole cache, so a row at a time
+        # cost 7 copies of an 8-row cache when 7 requests joined (0.4 s on the 270M, more than their prefill).
+        where = ops.convert_to_tensor(np.asarray(rows, np.int32)[:, None], "int32")
+        taken = ops.convert_to_tensor(np.asarray(source_rows, np.int32), "int32")
+
         def copy(dst, src):
-            piece = ops.slice(src, (source_row,) + (0,) * (len(src.shape) - 1), (1, *src.shape[1:]))
-            return ops.slice_update(dst, (row,) + (0,) * (len(dst.shape) - 1), piece)
+            return ops.scatter_update(dst, where, ops.take(src, taken, axis=0))
 
         return self._place(keras.tree.map_structure(copy, cache, source))
 

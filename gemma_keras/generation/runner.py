@@ -77,8 +77,8 @@ class Runner(Protocol):
     ) -> tuple[np.ndarray, Any]:
         """Feeds one token per row, then picks greedily: `(rows, chunk)` picks; the last is not fed yet."""
 
-    def copy_row(self, cache: Any, row: int, source: Any, source_row: int) -> Any:
-        """`cache` with its row `row` replaced by row `source_row` of the same-length `source`."""
+    def copy_rows(self, cache: Any, rows: list[int], source: Any, source_rows: list[int]) -> Any:
+        """`cache` with each row `rows[i]` replaced by row `source_rows[i]` of the same-length `source`."""
 
     def select_rows(self, cache: Any, rows: list[int], size: int) -> Any:
         """A cache of `size` rows: row i is `cache`'s row `rows[i]`; the rest are empty."""

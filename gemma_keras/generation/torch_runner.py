@@ -358,11 +358,14 @@ class TorchRunner:
     def prepare_mask(self, padding_mask: np.ndarray):
         return self.torch.as_tensor(np.asarray(padding_mask, dtype=np.int32), device=self.device)
 
-    def copy_row(self, cache, row: int, source, source_row: int):
-        with self.torch.inference_mode():
+    def copy_rows(self, cache, rows: list[int], source, source_rows: list[int]):
+        torch = self.torch
+        with torch.inference_mode():
+            where = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+            taken = torch.as_tensor(source_rows, dtype=torch.long, device=self.device)
             for (k, v), (k2, v2) in zip(cache, source, strict=True):
-                k[row] = k2[source_row]
-                v[row] = v2[source_row]
+                k[where] = k2[taken]
+                v[where] = v2[taken]
         return cache
 
     def select_rows(self, cache, rows: list[int], size: int):

@@ -49,3 +49,21 @@ def test_sharded_generate_matches_one_device(tiny_gguf, reference_model, arch, k
     assert greedy == ref_greedy
     assert all(len(row) == STEPS for row in greedy)
     assert stepped == ref_stepped
+
+
+def test_rows_that_join_a_sharded_batch_decode_as_on_one_device(tiny_gguf, reference_model):
+    """`Batch.join_all` on a mesh: the joined rows' cache lands in the sharded cache's rows."""
+
+    def joined(lm):
+        encode = lm.tokenizer.encode
+        batch, _ = Batch.start(lm.runner, [Request(encode(PROMPTS[1]), STEPS)], rows=4, reserve=16)
+        batch.step()
+        rows, _ = batch.join_all([Request(encode(p), 8) for p in (PROMPTS[0], PROMPTS[2])])
+        while not batch.done:
+            batch.step()
+        return [batch.ids(row) for row in [0, *rows]]
+
+    expected = joined(reference_model("gemma3", 1))
+    path, _ = tiny_gguf("gemma3", kv_heads=1)
+    gk.distribute(2, 4)
+    assert joined(gk.load(path)) == expected
