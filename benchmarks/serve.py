@@ -147,6 +147,9 @@ def main() -> int:
     for row in results["ours"]:
         row["over_single_stream"] = row["tokens_per_s"] / single
     if not args.no_kerashub:
+        from gemma_keras.backend import keras_hub_with_tensorflow
+
+        keras_hub_with_tensorflow()  # its preprocessor needs the TensorFlow that gemma_keras hid from it
         import keras_hub
 
         entry = str(cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256)
