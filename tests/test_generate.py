@@ -154,6 +154,43 @@ def test_keras_runner_prefills_long_prompts_in_pieces(tiny_model, arch):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_keras_runner_attends_over_a_span_of_a_long_cache(tiny_model, arch):
+    """Calls that touch the first positions of a 512-position cache run over 128 of them, with the
+    logits, picks and cache of calls over all 512."""
+    from keras import ops, tree
+
+    lm = tiny_model(arch)
+    runner = make_runner(lm.causal_lm, lm.architecture, kind="keras")
+    ids = np.array(
+        [lm.tokenizer.encode("the capital of France is Paris and hello world " * 6)[:40]], np.int32
+    )
+    assert ids.shape[1] == 40
+    mask = runner.prepare_mask(np.ones((1, 512), np.int32))
+    results = {}
+    for spans in (False, True):
+        runner.spans = spans
+        # Keys and values at 300-339 first (a call over all 512 positions): the spanned calls keep them.
+        _, cache = runner.forward(ids, mask, runner.new_cache(1, 512), 300)
+        logits, cache = runner.forward(ids, mask, cache, 0)
+        picks, cache = runner.greedy_chunk(np.array([[7]], np.int32), mask, cache, 40)
+        after, cache = runner.forward_at(np.array([[9, 0]], np.int32), mask, cache, 40 + runner.chunk, 0)
+        results[spans] = (
+            logits,
+            picks,
+            after,
+            [np.asarray(ops.convert_to_numpy(x)) for x in tree.flatten(cache)],
+        )
+    assert {("forward", 128), ("greedy_chunk", 128), ("forward_at", 128)} <= set(runner._compiled)
+    whole, spanned = results[False], results[True]
+    np.testing.assert_allclose(spanned[0], whole[0], atol=1e-4)
+    np.testing.assert_array_equal(spanned[1], whole[1])
+    np.testing.assert_allclose(spanned[2], whole[2], atol=1e-4)
+    for a, b in zip(spanned[3], whole[3], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)  # positions 300-339 too
+        assert np.abs(np.take(a, range(300, 340), axis=a.ndim - 3)).max() > 0
+
+
 def test_torch_runner_follows_norm_weights_changed_after_a_call(tiny_gguf):
     """The runner keeps each norm's `1 + w` between calls; a weight assigned later must still count."""
     if not capabilities().plain_torch:

@@ -48,6 +48,10 @@ class Capabilities:
             JAX prefill 1.28-1.35x as fast at 2,048 and 4,096 tokens;
             TensorFlow was slower in pieces of 512 at 2,048 tokens (347
             against 400 tok/s), so it keeps prompts up to 2,048 whole.
+        attention_spans: the Keras runner's compiled calls attend over the
+            first positions of a long cache only, in power-of-two spans
+            (`KerasRunner._span`): each span compiles once, and saves the
+            attention over masked positions.
     """
 
     compiles: bool
@@ -55,11 +59,16 @@ class Capabilities:
     plain_torch: bool
     fused_sparse_cross_entropy: bool
     prefill_chunk: int = 512
+    attention_spans: bool = False
 
 
 _CAPABILITIES = {
     "jax": Capabilities(
-        compiles=True, shards_variables=True, plain_torch=False, fused_sparse_cross_entropy=False
+        compiles=True,
+        shards_variables=True,
+        plain_torch=False,
+        fused_sparse_cross_entropy=False,
+        attention_spans=True,
     ),
     "tensorflow": Capabilities(
         compiles=True,
@@ -67,6 +76,7 @@ _CAPABILITIES = {
         plain_torch=False,
         fused_sparse_cross_entropy=True,
         prefill_chunk=2048,
+        attention_spans=True,
     ),
     "torch": Capabilities(
         compiles=False, shards_variables=False, plain_torch=True, fused_sparse_cross_entropy=False

@@ -31,6 +31,10 @@ from gemma_keras.errors import GenerationArgumentError
 # Greedy tokens decoded per `greedy_chunk` call. Streamed greedy text arrives
 # in bursts this long.
 CHUNK = 16
+# The shortest span of cache positions a call attends over (`KerasRunner._span`), and the shortest
+# cache that calls attend over in spans: a span costs a compile, so it must save at least half.
+MIN_SPAN = 128
+MIN_SPANNED = 512
 
 
 class KerasRunner:
@@ -52,11 +56,14 @@ class KerasRunner:
         sharded: bool = False,
         compiles: bool = True,
         prefill_chunk: int | None = None,
+        spans: bool = False,
     ):
         self.causal_lm = causal_lm
         self.compiles = compiles
         # Gemma 1-3 prompts wider than this run in pieces of this many positions (see `_in_pieces`).
         self.prefill_chunk = prefill_chunk if arch.cache_layout not in ("per_layer", "altup") else None
+        # Gemma 1-3 calls attend over the first positions of the cache only (see `_span`).
+        self.spans = spans and arch.cache_layout not in ("per_layer", "altup")
         self.backbone = causal_lm.backbone
         self.arch = arch
         self.trace_count = 0
@@ -330,10 +337,12 @@ class KerasRunner:
         return tree if self.placement is None else self.placement.put(tree)
 
     # --- compiled entry points ----------------------------------------------
-    def _call(self, name: str, token_ids: np.ndarray, mask, cache, index: int):
+    def _call(self, name: str, token_ids: np.ndarray, mask, cache, index: int, reach: int | None = None):
+        """Runs compiled `name`; `reach`, the cache positions the call can touch, picks its span."""
         from keras import ops
 
-        fn = self._compiled.get(name)
+        span = self._span(reach, mask)
+        fn = self._compiled.get((name, span))
         if fn is None:
             body = {
                 "forward": self._forward,
@@ -343,12 +352,29 @@ class KerasRunner:
                 "forward_at": lambda t, m, c, where: self._forward(t, m, c, where[0], last=where[1]),
                 "greedy_chunk": self._greedy_chunk,
             }[name]
-            fn = self._compiled[name] = compile_model_function(body, self.causal_lm.variables)
+            if span is not None:
+                body = _within(body, span)
+            fn = self._compiled[(name, span)] = compile_model_function(body, self.causal_lm.variables)
         tokens = self._place(ops.convert_to_tensor(np.asarray(token_ids, np.int32), "int32"))
         out, cache = fn(tokens, mask, cache, ops.convert_to_tensor(index, "int32"))
         if isinstance(out, tuple):
             return tuple(np.asarray(ops.convert_to_numpy(o)) for o in out), cache
         return np.asarray(ops.convert_to_numpy(out)), cache
+
+    def _span(self, reach: int | None, mask) -> int | None:
+        """The cache positions a call attends over: a power of two that holds `reach`, or None for all.
+
+        The compiled functions attend over every cache position they are
+        given, masked or not. A call that touches only the first positions
+        of a long cache (a long prompt's first pieces, a serving batch's
+        first tokens) gets only those: a power of two, so that few shapes
+        compile. Keys and values past it stay as they are.
+        """
+        length = int(mask.shape[-1])
+        if not self.spans or reach is None or length < MIN_SPANNED:
+            return None
+        span = max(MIN_SPAN, 1 << (max(reach, 1) - 1).bit_length())
+        return span if span * 2 <= length else None
 
     def _in_pieces(self, name: str, token_ids, mask, cache, index: int):
         """`_call`, over pieces of `prefill_chunk` positions when the feed is wider than that.
@@ -361,10 +387,11 @@ class KerasRunner:
         token_ids = np.asarray(token_ids)
         step, width = self.prefill_chunk, token_ids.shape[1]
         if not step or width <= step:
-            return self._call(name, token_ids, mask, cache, index)
+            return self._call(name, token_ids, mask, cache, index, index + width)
         outs = []
         for start in range(0, width, step):
-            out, cache = self._call(name, token_ids[:, start : start + step], mask, cache, index + start)
+            piece = token_ids[:, start : start + step]
+            out, cache = self._call(name, piece, mask, cache, index + start, index + start + piece.shape[1])
             outs.append(out)
         return (np.concatenate(outs, axis=1) if name == "forward_all" else outs[-1]), cache
 
@@ -379,11 +406,12 @@ class KerasRunner:
     def forward_at(self, token_ids, mask, cache, index: int, last: int):
         """As `forward`, but the logits after fed token `last`: tokens after it are padding, whose keys
         and values land past the real ones (later steps overwrite them, and causality hides them)."""
-        return self._call("forward_at", token_ids, mask, cache, np.array([index, last], np.int32))
+        reach = index + np.asarray(token_ids).shape[1]
+        return self._call("forward_at", token_ids, mask, cache, np.array([index, last], np.int32), reach)
 
     def greedy_chunk(self, token_ids, mask, cache, index: int):
         """`CHUNK` greedy steps in one call: returns `(picks (rows, CHUNK), cache)`."""
-        return self._call("greedy_chunk", token_ids, mask, cache, index)
+        return self._call("greedy_chunk", token_ids, mask, cache, index, index + CHUNK)
 
     def forward_states(self, token_ids, mask, cache, index: int):
         """Gemma 4: `((logits, final-normed hidden states) after every fed token, cache)`."""
@@ -392,6 +420,30 @@ class KerasRunner:
                 f"only Gemma 4 exposes its hidden states here, not {self.arch.title}."
             )
         return self._call("forward_states", token_ids, mask, cache, index)
+
+
+def _within(body, span: int):
+    """`body(tokens, mask, cache, index)` run over the first `span` positions of every cache tensor.
+
+    Gemma 1-3 caches hold positions on the third axis from the end. The
+    positions past `span` are written back untouched; RoPE positions come
+    from `index`, which a prefix of the cache leaves as they are.
+    """
+
+    def run(tokens, mask, cache, index):
+        import keras
+        from keras import ops
+
+        def prefix(x):
+            shape = list(x.shape)
+            shape[-3] = span
+            return ops.slice(x, [0] * len(shape), shape)
+
+        out, part = body(tokens, mask[:, :span], keras.tree.map_structure(prefix, cache), index)
+        whole = keras.tree.map_structure(lambda x, p: ops.slice_update(x, [0] * len(x.shape), p), cache, part)
+        return out, whole
+
+    return run
 
 
 def last_owners(backbone, owners: list) -> dict:

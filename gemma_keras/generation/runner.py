@@ -133,6 +133,7 @@ def make_runner(
         sharded=caps.shards_variables,
         compiles=caps.compiles,
         prefill_chunk=caps.prefill_chunk,
+        spans=caps.attention_spans,
     )
 
 
