@@ -69,6 +69,14 @@ def test_models_and_health(server, client):
     assert response.status_code == 200 and response.json() == {"status": "ready"}
 
 
+def test_warm_up_compiles_the_calls_over_a_whole_cache(server, lm):
+    """Runs before any request: what is compiled now came from the warm-up."""
+    runner = lm.runner
+    if not getattr(runner, "spans", False):
+        pytest.skip("this backend's runner attends over the whole cache in every call")
+    assert {("greedy_chunk", 256), ("greedy_chunk", None), ("forward", None)} <= set(runner._compiled)
+
+
 def test_completion_matches_generate(server, client, lm):
     out = client.completions.create(model=name(server), prompt=PROMPTS[0], max_tokens=12, temperature=0)
     assert out.choices[0].text == lm.generate(PROMPTS[0], max_new_tokens=12)

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uvicorn
 
-from gemma_keras.generation.decode import Request
+from gemma_keras.generation.decode import Batch, Request
 from gemma_keras.generation.sampling import SamplingParams
 from gemma_keras.serving.app import ServerState, make_app
 from gemma_keras.serving.engine import Engine, Job
@@ -38,7 +39,7 @@ def model_name(lm) -> str:
 def warm_up(engine: Engine, lm, rows: int) -> None:
     """Compiles what serving runs before `/health` says ready: for each batch size up to `rows`
     (powers of two), a batch of that many greedy rows (prefill, greedy chunks) and of sampled rows
-    (single steps)."""
+    (single steps), and the decode calls over a whole cache (`_compile_whole_cache`)."""
     prompt = lm.tokenizer.encode("Hello", add_bos=True)
     done = threading.Semaphore(0)
 
@@ -56,9 +57,28 @@ def warm_up(engine: Engine, lm, rows: int) -> None:
             engine.submit(jobs)
             for _ in jobs:
                 done.acquire()
+        _compile_whole_cache(engine, size)
         if size >= rows:
             break
         size = min(size * 2, rows)
+
+
+def _compile_whole_cache(engine: Engine, rows: int) -> None:
+    """Compiles a greedy chunk and a single step over all of a batch's `min_length` cache positions.
+
+    A runner that attends over spans of the cache (`KerasRunner._span`) runs
+    the warm-up's rows over the first half of it; rows that decode past the
+    half need these. They run on an empty cache, while no request is admitted.
+    """
+    runner = engine.runner
+    if not getattr(runner, "spans", False):
+        return
+    batch = Batch(runner, rows, engine.min_length, engine.pad_id)
+    mask = runner.prepare_mask(np.ones((batch.size, batch.length), np.int32))
+    feed = np.full((batch.size, 1), engine.pad_id, np.int32)
+    half = batch.length // 2
+    _, cache = runner.greedy_chunk(feed, mask, batch.cache, half)
+    runner.forward(feed, mask, cache, half)  # the chunk's cache: the compiled calls donate their input
 
 
 def _log(message: str) -> None:
