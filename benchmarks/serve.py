@@ -5,7 +5,10 @@
 Starts `gemma-keras serve`'s server in this process on a loopback port with
 the embedded real Gemma 3 270M (float32, `max_batch` 32), and drives it
 with the official `openai` client from C threads, each sending streamed
-completions back to back. Every request generates exactly `--new-tokens`
+completions back to back. The threads run in a child process (`--clients
+process`, the default), as real clients run outside the server; with
+`--clients thread` they run in the server's process and take its GIL in
+turns with the engine. Every request generates exactly `--new-tokens`
 tokens (`ignore_eos`), greedy.
 
 Reported per concurrency C: aggregate generated tokens/s over the wall time
@@ -88,6 +91,22 @@ def drive(client, model: str, concurrency: int, per_stream: int, new_tokens: int
     }
 
 
+def drive_elsewhere(url: str, model: str, concurrency: int, per_stream: int, new_tokens: int) -> dict:
+    """`drive` from a child process: the clients parse their streams without taking the server's GIL,
+    as clients on other processes or machines do; they still share this machine's cores."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_drive_in_child, (url, model, concurrency, per_stream, new_tokens))
+
+
+def _drive_in_child(url: str, model: str, concurrency: int, per_stream: int, new_tokens: int) -> dict:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
+    return drive(client, model, concurrency, per_stream, new_tokens)
+
+
 def kerashub(hub, lm, concurrency: int, new_tokens: int) -> dict:
     batch = prompts(concurrency)
     longest = max(len(lm.tokenizer.encode(p)) for p in batch)
@@ -112,6 +131,12 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--levels", default="1,8,32", help="concurrency levels")
     parser.add_argument("--no-kerashub", action="store_true")
+    parser.add_argument(
+        "--clients",
+        choices=["process", "thread"],
+        default="process",
+        help="run the client threads in a child process (default) or in this one, beside the server",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
@@ -138,7 +163,12 @@ def main() -> int:
     results["ours"] = []
     try:
         for c in levels:
-            row = drive(client, model, c, 4 if c == 1 else 2 if c <= 8 else 1, args.new_tokens)
+            per_stream = 4 if c == 1 else 2 if c <= 8 else 1
+            if args.clients == "process":
+                row = drive_elsewhere(server.url, model, c, per_stream, args.new_tokens)
+            else:
+                row = drive(client, model, c, per_stream, args.new_tokens)
+            row["clients"] = args.clients
             results["ours"].append(row)
             print(json.dumps(row), flush=True)
     finally:
