@@ -5,9 +5,9 @@ thread takes them between decode steps: a request joins a running batch
 when its prompt fits before the batch's position and its budget fits after
 it (a batch starts with `reserve` columns before decoding, so most prompts
 fit at once); otherwise it starts a new batch. Requests taken in the same
-round are prefilled together, one pass over the weights per batch they join. Rows that end or whose
-client went away leave at once, so a long request never holds a short one
-back. A batch grows (by powers of two) as rows join and shrinks as they
+round are prefilled together, one pass over the weights per batch they
+join. Rows that end or whose client went away leave at once, so a long
+request never holds a short one back. A batch grows (by powers of two) as rows join and shrinks as they
 leave, so a lone request does not pay for idle rows.
 
 At most `max_batch` rows decode at once; up to `max_queue` more wait, in
@@ -69,7 +69,6 @@ class Job:
 
 
 class _Running:
-    # Hashed by identity: `_admit` groups the jobs that join each one.
     def __init__(self, batch: Batch, jobs: dict[int, Job]):
         self.batch = batch
         self.jobs = jobs
