@@ -60,10 +60,11 @@ class KerasRunner:
     ):
         self.causal_lm = causal_lm
         self.compiles = compiles
-        # Gemma 1-3 prompts wider than this run in pieces of this many positions (see `_in_pieces`).
-        self.prefill_chunk = prefill_chunk if arch.cache_layout not in ("per_layer", "altup") else None
-        # Gemma 1-3 calls attend over the first positions of the cache only (see `_span`).
-        self.spans = spans and arch.cache_layout not in ("per_layer", "altup")
+        # Gemma 1-3 calls may be cut: prompts wider than `prefill_chunk` run in pieces (`_in_pieces`),
+        # and calls attend over the first positions of the cache only (`_span`). Gemma 4 and 3n run whole.
+        cuttable = arch.cache_layout not in ("per_layer", "altup")
+        self.prefill_chunk = prefill_chunk if cuttable else None
+        self.spans = spans and cuttable
         self.backbone = causal_lm.backbone
         self.arch = arch
         self.trace_count = 0

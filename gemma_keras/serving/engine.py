@@ -7,8 +7,9 @@ it (a batch starts with `reserve` columns before decoding, so most prompts
 fit at once); otherwise it starts a new batch. Requests taken in the same
 round are prefilled together, one pass over the weights per batch they
 join. Rows that end or whose client went away leave at once, so a long
-request never holds a short one back. A batch grows (by powers of two) as rows join and shrinks as they
-leave, so a lone request does not pay for idle rows.
+request never holds a short one back. A batch grows (by powers of two) as
+rows join and shrinks as they leave, so a lone request does not pay for
+idle rows.
 
 At most `max_batch` rows decode at once; up to `max_queue` more wait, in
 arrival order, and beyond that `submit` raises `QueueFull` (HTTP 429).
