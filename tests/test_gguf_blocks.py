@@ -8,6 +8,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
 from gemma_keras.errors import GGUFError, UnsupportedModelError
+from gemma_keras.formats import gguf_blocks
 from gemma_keras.formats.gguf_blocks import GROUP, group_codes, matmul_weights, requantize
 from gemma_keras.testing import _k_quant_blocks
 
@@ -48,6 +49,28 @@ def test_other_types_are_requantized_within_half_a_step(name):
     step = np.repeat(codes.scale, GROUP, axis=1)
     assert np.all(np.abs(codes.dequantize() - want) <= step / 2 + 1e-6 * np.abs(want).max())
     assert not np.array_equal(codes.dequantize(), want)  # requantized: not the file's values
+
+
+@pytest.mark.parametrize(
+    "name", ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"]
+)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_dequantize_gives_gguf_py_values_across_calls(name, monkeypatch):
+    """Random bytes are valid blocks of every type (a NaN scale decodes to NaNs in both)."""
+    from gguf import GGML_QUANT_SIZES
+
+    qtype = GGMLQuantizationType[name]
+    values, size = GGML_QUANT_SIZES[qtype]
+    raw = np.random.default_rng(3).integers(0, 256, size=7 * size * (4096 // values), dtype=np.uint8)
+    monkeypatch.setattr(gguf_blocks, "_VALUES_PER_CALL", 1000)  # several calls, the last one short
+    got = gguf_blocks.dequantize(raw, qtype)
+    assert got.dtype == np.float32 and got.shape == (7 * 4096,)
+    np.testing.assert_array_equal(got, dequantize(raw, qtype).reshape(-1))
+
+
+def test_dequantize_refuses_bytes_that_are_not_whole_blocks():
+    with pytest.raises(ValueError, match="not whole Q4_K blocks"):
+        gguf_blocks.dequantize(np.zeros(145, np.uint8), GGMLQuantizationType.Q4_K)
 
 
 def test_requantize_keeps_zero_groups():

@@ -1,8 +1,9 @@
 """Reads a Gemma GGUF file: its metadata as a KerasHub backbone config, and its tensors.
 
 The metadata gives the architecture (an `Architecture` record) and sizes;
-`gguf.quants.dequantize` turns every tensor llama.cpp writes (F32, F16,
-BF16, Q8_0, Q4_0, the K-quants and the rest) into float32, in Hugging
+gguf-py's block decoders (`gguf_blocks.dequantize`) turn every tensor
+llama.cpp writes (F32, F16, BF16, Q8_0, Q4_0, the K-quants and the rest)
+into float32, in Hugging
 Face's `(out, in)` layout, as llama.cpp stores it. Building the Keras model
 from it is `gemma_keras.sources.convert`'s job.
 
@@ -26,6 +27,7 @@ import numpy as np
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.architectures.registry import by_gguf_arch
 from gemma_keras.errors import GGUFError, ModelNotFoundError, UnsupportedModelError
+from gemma_keras.formats.gguf_blocks import dequantize
 from gemma_keras.formats.gguf_header import GGUFHeader, Unreadable, read_header
 from gemma_keras.formats.sentencepiece import proto_from_gguf_vocab
 from gemma_keras.formats.sizes import FFN_WIDTH, SIZES, check_backbone_config, check_context, size
@@ -67,7 +69,6 @@ class GGUFModel:
         if tensor is None:
             raise GGUFError(f"{self.path}: the tensor {name!r} is missing.")
         from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
 
         qtype = GGMLQuantizationType(tensor.qtype)  # known: read_header checked it
         try:
