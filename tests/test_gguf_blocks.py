@@ -52,7 +52,23 @@ def test_other_types_are_requantized_within_half_a_step(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL"]
+    "name",
+    [
+        "F32",
+        "F16",
+        "BF16",
+        "Q4_0",
+        "Q4_1",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "IQ4_NL",
+    ],
 )
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_dequantize_gives_gguf_py_values_across_calls(name, monkeypatch):

@@ -15,9 +15,10 @@ Inside it, the weights also go from the file to the variables without
 copies in between (the 270M's float32 weights are 1.07 GB; its embedding
 alone 671 MB):
 
-- Keras' `.weights.h5` store hands each layer a `_StoredWeight`, which is
-  read from the file only when it is assigned (`__array__` reads it for any
-  other use).
+- Keras' `.weights.h5` store hands each layer a `Deferred`,
+  which is read from the file only when it is assigned (`__array__` reads it
+  for any other use). A GGUF load hands over its tensors the same way, each
+  dequantized when it is assigned (`sources.convert`).
 - torch: `assign` reads it straight into the variable's CPU memory, and
   views a NumPy array of the variable's dtype with `torch.from_numpy` where
   Keras' `convert_to_tensor` would copy it before `assign` copies it again.
@@ -37,13 +38,47 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import numpy as np
 
 _active = threading.local()
 _install_lock = threading.Lock()
 _installed = False
 _ALIGN = 64  # what XLA's CPU client needs to adopt a host buffer instead of copying it
+
+
+class Deferred:
+    """`shape` and `dtype` of an array that `read(out)` writes into a C-contiguous `out`."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, read: Callable[[np.ndarray], None]):
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.read = read
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.empty(self.shape, self.dtype)
+        self.read(out)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def then(self, change: Callable[[np.ndarray], np.ndarray], view=None) -> Deferred:
+        """The array `change(array)` gives, read as late; `change` must be a reshape or a transpose.
+
+        `view(out)`, when given, is `out` seen in this array's shape, and this
+        array is read straight through it; only for a `read` that writes into
+        arrays of any strides.
+        """
+        # A zero-strided array has the shape and costs nothing: `change` tells its new shape.
+        shape = change(np.broadcast_to(np.zeros((), self.dtype), self.shape)).shape
+
+        def read(out: np.ndarray) -> None:
+            if view is not None:
+                self.read(view(out))
+            else:
+                out[...] = change(np.asarray(self))
+
+        return Deferred(shape, self.dtype, read)
 
 
 def _loading() -> bool:
@@ -71,16 +106,14 @@ def _install() -> None:
             return original(self, *args, **kwargs)
 
         Layer.add_weight = add_weight
+        _install_assign(keras.backend.backend())  # every backend: a `Deferred` becomes an array at least
         if keras.backend.backend() in ("jax", "torch"):
-            _install_assign(keras.backend.backend())
             _install_stored_weights()
         _installed = True
 
 
 def _aligned(shape, dtype, zero: bool):
     """A C-contiguous NumPy array whose data starts on an `_ALIGN`-byte boundary."""
-    import numpy as np
-
     dtype = np.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = (np.zeros if zero else np.empty)(size + _ALIGN, np.uint8)
@@ -91,7 +124,6 @@ def _aligned(shape, dtype, zero: bool):
 def _numpy_dtype(dtype):
     import keras
     import ml_dtypes
-    import numpy as np
 
     name = keras.backend.standardize_dtype(dtype)
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
@@ -104,68 +136,46 @@ def _jax_zeros(shape, dtype=None):
     return jax.device_put(_aligned(tuple(shape), _numpy_dtype(dtype or "float32"), zero=True))
 
 
-class _StoredWeight:
-    """A weight in a Keras `.weights.h5` file, read only when it is assigned.
+def _read_into(variable, value: Deferred, backend: str) -> bool:
+    """Reads `value` into `variable`'s memory (torch) or a buffer it adopts (JAX); False where it cannot."""
+    if tuple(variable.shape) != value.shape or _numpy_dtype(variable.dtype) != value.dtype:
+        return False
+    if backend == "torch":
+        import torch
 
-    `read_into(variable)` reads it into the variable's memory (torch) or a
-    buffer the variable adopts (JAX), with no array in between; anything
-    else reads it into a NumPy array first (`__array__`), as Keras does.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.shape = tuple(dataset.shape)
-        self.dtype = dataset.dtype
-
-    def __array__(self, dtype=None, copy=None):
-        import numpy as np
-
-        value = np.array(self.dataset)
-        return value if dtype is None else value.astype(dtype, copy=False)
-
-    def read_into(self, variable, backend: str) -> bool:
-        """Fills `variable` from the file; False (nothing read) where shape, dtype or device differ."""
-        if tuple(variable.shape) != self.shape or _numpy_dtype(variable.dtype) != self.dtype:
+        target = getattr(variable, "_value", None)
+        if not isinstance(target, torch.Tensor) or target.device.type != "cpu" or not target.is_contiguous():
             return False
-        if backend == "torch":
-            import torch
-
-            target = getattr(variable, "_value", None)
-            if (
-                not isinstance(target, torch.Tensor)
-                or target.device.type != "cpu"
-                or not target.is_contiguous()
-            ):
-                return False
-            with torch.no_grad():
-                self.dataset.read_direct(target.detach().numpy())
-            return True
-        import jax
-
-        if getattr(variable, "_layout", None) is not None or jax.default_backend() != "cpu":
-            return False  # a sharded or accelerator variable: Keras places the array itself
-        buffer = _aligned(self.shape, self.dtype, zero=False)
-        self.dataset.read_direct(buffer)
-        variable._direct_assign(jax.device_put(buffer))
+        with torch.no_grad():
+            value.read(target.detach().numpy())
         return True
+    if backend != "jax":
+        return False
+    import jax
+
+    if getattr(variable, "_layout", None) is not None or jax.default_backend() != "cpu":
+        return False  # a sharded or accelerator variable: Keras places the array itself
+    buffer = _aligned(value.shape, value.dtype, zero=False)
+    value.read(buffer)
+    variable._direct_assign(jax.device_put(buffer))
+    return True
 
 
 def _install_assign(backend: str) -> None:
     import keras
-    import numpy as np
 
     variable_class = keras.Variable
     original_assign = variable_class.assign
     original_convert = getattr(variable_class, "_convert_to_tensor", None)
-    if original_convert is None or not hasattr(variable_class, "_direct_assign"):
-        return  # private Keras methods: without them, loads copy as Keras always did
+    # Private Keras methods: without them, loads copy as Keras always did.
+    direct = original_convert is not None and hasattr(variable_class, "_direct_assign")
 
     @functools.wraps(original_assign)
     def assign(self, value):
         if not _loading():
             return original_assign(self, value)
-        if isinstance(value, _StoredWeight):
-            if value.read_into(self, backend):
+        if isinstance(value, Deferred):
+            if direct and _read_into(self, value, backend):
                 return self.value
             value = np.asarray(value)
         _active.assigning = True
@@ -175,7 +185,7 @@ def _install_assign(backend: str) -> None:
             _active.assigning = False
 
     variable_class.assign = assign
-    if backend != "torch":
+    if backend != "torch" or not direct:
         return
     import torch
 
@@ -198,7 +208,7 @@ def _install_assign(backend: str) -> None:
 
 
 def _install_stored_weights() -> None:
-    """Inside `weights_follow()`, Keras' h5 store hands out `_StoredWeight`s instead of arrays."""
+    """Inside `weights_follow()`, Keras' h5 store hands out `Deferred` reads instead of arrays."""
     from keras.src.saving import saving_lib
 
     store = getattr(saving_lib, "H5IOStore", None)
@@ -216,7 +226,7 @@ def _install_stored_weights() -> None:
             "dtype" in dataset.attrs or dataset.dtype.kind not in "fiub"
         ):  # bfloat16 (bytes): Keras' own reading
             return original(self, key)
-        return _StoredWeight(dataset)
+        return Deferred(dataset.shape, dataset.dtype, dataset.read_direct)
 
     store.__getitem__ = getitem
 

@@ -119,41 +119,56 @@ _EXACT = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q4_K": 14
 
 
 # Values per `dequantize_blocks` call: big enough that numpy's per-call cost vanishes, small enough
-# that its temporaries stay in cache. gguf-py's own `dequantize` works 16 rows at a time and
-# took 6 s for the 270M's 268M values, nearly all of it Python; this takes under 1 s.
-_VALUES_PER_CALL = 1 << 20
+# that its temporaries stay in cache (and below the 4 MB at which numpy asks for huge pages, which
+# stalls here while the kernel compacts memory). gguf-py's own `dequantize` works 16 rows at a
+# time and took 2-4 s for the 270M's 268M values, most of it Python; this takes about 1 s.
+_VALUES_PER_CALL = 1 << 16
 
 
-def dequantize(raw: np.ndarray, qtype) -> np.ndarray:
-    """A GGUF tensor's bytes of type `qtype` as a flat float32 array, exactly as gguf-py decodes them.
+def dequantize(raw: np.ndarray, qtype, out: np.ndarray | None = None) -> np.ndarray:
+    """A GGUF tensor's bytes of type `qtype` as float32, exactly as gguf-py decodes them.
 
     gguf-py's block decoders (the reference for every type llama.cpp
-    writes), called on large runs of blocks. Raises ValueError when the
-    bytes are not whole blocks, NotImplementedError for a type gguf-py
-    cannot decode.
+    writes), called on runs of rows. Without `out`, returns a flat array.
+    With it, writes into `out`: float32, flat and C-contiguous, or
+    `(rows, values per row)` of any strides, so that a transposed view of a
+    Keras kernel takes the values without a whole-tensor copy in between.
+    Raises ValueError when the bytes are not whole blocks or do not fill
+    `out`, NotImplementedError for a type gguf-py cannot decode.
     """
     import gguf.quants
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     qtype = GGMLQuantizationType(qtype)
     raw = np.asarray(raw).reshape(-1).view(np.uint8)  # a plain array: memmap slices cost a Python call each
-    if qtype == GGMLQuantizationType.F32:
-        return raw.view(np.float32)
-    if qtype == GGMLQuantizationType.F16:
-        return raw.view(np.float16).astype(np.float32)
-    decoder = getattr(gguf.quants, qtype.name, None)
-    if decoder is None or not hasattr(decoder, "dequantize_blocks"):
-        raise NotImplementedError(f"gguf {gguf.__name__} cannot dequantize {qtype.name}")
     values, size = GGML_QUANT_SIZES[qtype]
     if raw.size % size:
         raise ValueError(f"{raw.size} bytes are not whole {qtype.name} blocks of {size} bytes")
-    blocks = raw.reshape(-1, size)
-    out = np.empty((blocks.shape[0], values), np.float32)
+    count = raw.size // size * values
+    if out is None:
+        out = np.empty(count, np.float32)
+    if out.dtype != np.float32 or out.size != count or not (out.ndim == 2 or out.flags.c_contiguous):
+        raise ValueError(f"cannot write {count} float32 values into a {out.dtype} array of shape {out.shape}")
+    rows = out if out.ndim == 2 else out.reshape(-1, values)  # flat: a block per row
+    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        rows[...] = raw.view(np.float32 if qtype == GGMLQuantizationType.F32 else np.float16).reshape(
+            rows.shape
+        )
+        return out
+    decoder = getattr(gguf.quants, qtype.name, None)
+    if decoder is None or not hasattr(decoder, "dequantize_blocks"):
+        raise NotImplementedError(f"gguf-py cannot dequantize {qtype.name}")
+    if rows.shape[1] % values:
+        raise ValueError(f"rows of {rows.shape[1]} values do not split into {qtype.name} blocks of {values}")
+    blocks = raw.reshape(rows.shape[0], -1, size)
     decoder.init_grid()  # the i-quants' lookup tables; a no-op for the others
-    step = max(1, _VALUES_PER_CALL // values)
-    for start in range(0, blocks.shape[0], step):
-        out[start : start + step] = decoder.dequantize_blocks(blocks[start : start + step])
-    return out.reshape(-1)
+    step = max(1, _VALUES_PER_CALL // rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        run = blocks[start : start + step]
+        rows[start : start + step] = decoder.dequantize_blocks(run.reshape(-1, size)).reshape(
+            run.shape[0], -1
+        )
+    return out
 
 
 def requantize(w: np.ndarray) -> GroupCodes:

@@ -39,6 +39,7 @@ from gemma_keras.errors import GGUFError
 # Value type -> struct format of a fixed-size scalar (STRING = 8 and ARRAY = 9 vary).
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 MAX_DIMS = 4
 MAX_ELEMENTS = 1 << 40
 
@@ -73,10 +74,12 @@ class GGUFHeader:
     fields: dict[str, Any]
     tensors: list[TensorInfo]  # offsets from the start of the file
 
-    def tensor_bytes(self, tensor: TensorInfo) -> np.ndarray:
-        """The tensor's bytes, memory-mapped, as `(rows, row_bytes)` uint8."""
+    def tensor_bytes(self, tensor: TensorInfo, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The tensor's bytes, memory-mapped, as `(rows, row_bytes)` uint8; rows `start:stop` only if given."""
         rows = tensor.nbytes // tensor.row_bytes
-        return np.memmap(self.path, np.uint8, "r", offset=tensor.offset, shape=(rows, tensor.row_bytes))
+        stop = rows if stop is None else min(stop, rows)
+        offset = tensor.offset + start * tensor.row_bytes
+        return np.memmap(self.path, np.uint8, "r", offset=offset, shape=(stop - start, tensor.row_bytes))
 
 
 class _Cursor:
@@ -124,7 +127,8 @@ class _Cursor:
             return Unreadable(f"{what} is not valid UTF-8 ({exc})")
 
 
-def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
+def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0, arrays: bool = True):
+    """The value at the cursor; with `arrays=False`, an array is stepped over and None stands for it."""
     if vtype in _SCALAR:
         return cur.scalar(_SCALAR[vtype])
     if vtype == _STRING:
@@ -139,17 +143,29 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
         if count > (cur.size - cur.pos) // dtype.itemsize:
             raise cur.fail(f"metadata {key!r} declares {count} array items")
         start = cur.skip(count * dtype.itemsize)
-        return np.frombuffer(cur.data, dtype, count, start).tolist()
+        return np.frombuffer(cur.data, dtype, count, start).tolist() if arrays else None
     # Variable-size items take at least 8 bytes each (a length or a count).
     if count > (cur.size - cur.pos) // 8:
         raise cur.fail(f"metadata {key!r} declares {count} array items")
+    if not arrays and item_type == _STRING:  # a vocabulary: 262k lengths read, no string decoded
+        pos = cur.pos
+        for _ in range(count):
+            if pos + 8 > cur.size:
+                raise cur.fail(f"metadata {key!r} ends before its {count} items do")
+            pos += 8 + _U64.unpack_from(cur.data, pos)[0]
+        cur.skip(pos - cur.pos)  # past the end of the file: the error reading it would give
+        return None
     items = [_value(cur, item_type, key, depth + 1) for _ in range(count)]
     bad = next((item for item in items if isinstance(item, Unreadable)), None)
     return bad if bad is not None else items
 
 
-def read_header(path: str | os.PathLike) -> GGUFHeader:
-    """The header of the GGUF file at `path`; `GGUFError` unless it is whole and fits the file."""
+def read_header(path: str | os.PathLike, values: bool = True) -> GGUFHeader:
+    """The header of the GGUF file at `path`; `GGUFError` unless it is whole and fits the file.
+
+    `values=False` leaves metadata arrays (the vocabulary) out of `fields`,
+    for a reader that wants the tensors only.
+    """
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     path = Path(path)
@@ -175,7 +191,7 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
             vtype = cur.u32()
             if key == "general.alignment" and vtype != 4:
                 raise cur.fail(f"general.alignment has value type {vtype}, not uint32")
-            fields[key] = _value(cur, vtype, key)
+            fields[key] = _value(cur, vtype, key, arrays=values)
         alignment = fields.get("general.alignment", 32)
         if alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
             raise cur.fail(f"general.alignment {alignment} is not a power of two")

@@ -26,6 +26,7 @@ import numpy as np
 
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.architectures.registry import by_gguf_arch
+from gemma_keras.backend.no_init import Deferred
 from gemma_keras.errors import GGUFError, ModelNotFoundError, UnsupportedModelError
 from gemma_keras.formats.gguf_blocks import dequantize
 from gemma_keras.formats.gguf_header import GGUFHeader, Unreadable, read_header
@@ -63,32 +64,62 @@ class GGUFModel:
         types = [3 if t in markers else kind for t, kind in zip(self.tokens, self.token_types, strict=True)]
         return proto_from_gguf_vocab(self.tokens, types, **self.special_ids)
 
+    @property
+    def tensors(self) -> GGUFTensors:
+        if not hasattr(self, "_tensors"):
+            self._tensors = GGUFTensors(self.header)
+        return self._tensors
+
     def tensor(self, name: str) -> np.ndarray:
         """A tensor as float32 in `(out, in)` layout."""
-        tensor = self._tensors.get(name)
+        return self.tensors.tensor(name)
+
+
+# Each mapping of the file's bytes is dropped once they are read: mapped pages count in the
+# process's memory, and the 270M's embedding alone is 178 MB of them.
+_BYTES_PER_MAP = 1 << 24
+
+
+class GGUFTensors:
+    """A GGUF file's tensors by name, each dequantized to float32 `(out, in)` when it is read."""
+
+    def __init__(self, header: GGUFHeader):
+        self.header = header
+        self.path = header.path
+        self._index = {t.name: t for t in header.tensors}
+
+    def tensor(self, name: str) -> np.ndarray:
+        return np.asarray(self.weight(name))
+
+    def weight(self, name: str) -> Deferred:
+        """`tensor(name)`, dequantized only when it is read, straight into the reader's buffer."""
+        tensor = self._index.get(name)
         if tensor is None:
             raise GGUFError(f"{self.path}: the tensor {name!r} is missing.")
-        from gguf import GGMLQuantizationType
 
-        qtype = GGMLQuantizationType(tensor.qtype)  # known: read_header checked it
-        try:
-            array = dequantize(self.header.tensor_bytes(tensor), qtype)
-        except (NotImplementedError, ValueError, KeyError) as exc:
-            raise GGUFError(
-                f"{self.path}: cannot dequantize tensor {name!r} of type {qtype.name}: {exc}"
-            ) from exc
-        expected = tensor.shape
-        if array.size != int(np.prod(expected)):
-            raise GGUFError(
-                f"{self.path}: tensor {name!r} holds {array.size} values but declares shape {expected}."
-            )
-        return np.asarray(array, dtype=np.float32).reshape(expected)
+        def read(out: np.ndarray) -> None:
+            from gguf import GGMLQuantizationType
 
-    @property
-    def _tensors(self) -> dict[str, Any]:
-        if not hasattr(self, "_tensor_index"):
-            self._tensor_index = {t.name: t for t in self.header.tensors}
-        return self._tensor_index
+            qtype = GGMLQuantizationType(tensor.qtype)  # known: read_header checked it
+            rows = tensor.nbytes // tensor.row_bytes
+            whole = out.ndim != 2 or len(out) != rows  # a vector, or a flat buffer
+            step = rows if whole else max(1, _BYTES_PER_MAP // tensor.row_bytes)
+            try:
+                for start in range(0, rows, step):
+                    part = out if whole else out[start : start + step]
+                    dequantize(self.header.tensor_bytes(tensor, start, start + step), qtype, part)
+            except (NotImplementedError, ValueError, KeyError) as exc:
+                raise GGUFError(
+                    f"{self.path}: cannot dequantize tensor {name!r} of type {qtype.name} "
+                    f"into its declared shape {tensor.shape}: {exc}"
+                ) from exc
+
+        return Deferred(tensor.shape, np.float32, read)
+
+
+def read_tensors(path: str | os.PathLike) -> GGUFTensors:
+    """The tensors of a GGUF file whose metadata was read before: its metadata arrays are skipped, not parsed."""
+    return GGUFTensors(read_header(path, values=False))
 
 
 def _field(header: GGUFHeader, path: Path, key: str, default: Any = None, required: bool = False):

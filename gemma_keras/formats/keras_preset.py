@@ -32,6 +32,20 @@ def write_keras_preset(
     write_manifest(out_dir, manifest_info(info), kind=KERAS_PRESET)
 
 
+def write_preset_without_weights(causal_lm, out_dir: Path) -> None:
+    """KerasHub's preset of `causal_lm` but its weights file: for a model whose weights stay in their source.
+
+    The config, task, preprocessor and tokenizer files are KerasHub's own;
+    `from_preset(dir, load_weights=False)` builds the model from them.
+    """
+    backbone = causal_lm.backbone
+    backbone.save_weights = lambda *args, **kwargs: None  # KerasHub's saver writes the weights through this
+    try:
+        causal_lm.save_to_preset(os.fspath(out_dir))
+    finally:
+        del backbone.save_weights
+
+
 def has_lora(backbone) -> bool:
     return any(
         getattr(layer, "lora_enabled", False) for layer in backbone._flatten_layers(include_self=False)

@@ -122,14 +122,17 @@ _HF_REQUIRED = (
 )
 
 
-def check_model_dir(path: str | Path) -> Architecture:
-    """Checks a Keras preset or transformers checkpoint directory; returns its architecture."""
+def check_model_dir(path: str | Path, weights: bool = True) -> Architecture:
+    """Checks a Keras preset or transformers checkpoint directory; returns its architecture.
+
+    `weights=False`: a Keras preset that holds no weights (a GGUF cache entry).
+    """
     path = Path(path)
     config_file = path / "config.json"
     config = read_json(config_file)
     try:
         if isinstance(config, dict) and "registered_name" in config:  # KerasHub's own test
-            return _check_keras_preset(path, config)
+            return _check_keras_preset(path, config, weights)
         if isinstance(config, dict) and "model_type" in config:
             return _check_hf_checkpoint(path, config)
     except (SourceError, UnsupportedModelError):
@@ -163,7 +166,7 @@ def _parse_json(path: Path, raw: bytes) -> Any:
 
 
 # --- Keras presets ------------------------------------------------------------
-def _check_keras_preset(path: Path, config: dict) -> Architecture:
+def _check_keras_preset(path: Path, config: dict, with_weights: bool = True) -> Architecture:
     config_file = path / "config.json"
     backbone, arch = _keras_backbone(config_file, config, "")
     check_backbone_config(_standard(backbone), where=str(config_file), error=SourceError)
@@ -187,6 +190,8 @@ def _check_keras_preset(path: Path, config: dict) -> Architecture:
     preprocessor_file = path / "preprocessor.json"
     if preprocessor_file.exists():
         _check_preprocessor(preprocessor_file, read_json(preprocessor_file), "")
+    if not with_weights:
+        return arch
 
     weights, stored = _keras_weights(path)
     parameters = implied_parameters(arch, backbone)

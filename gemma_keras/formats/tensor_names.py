@@ -25,6 +25,7 @@ import numpy as np
 
 from gemma_keras import interrupts
 from gemma_keras.architectures.record import Architecture
+from gemma_keras.backend.no_init import Deferred
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,15 @@ def from_gguf_norm(array: np.ndarray) -> np.ndarray:
     return array - 1.0 if array.ndim == 1 else array
 
 
-def to_keras(array: np.ndarray, layout: str, config: dict[str, Any]) -> np.ndarray:
-    """A canonical `(out, in)` array in the shape of the Keras variable."""
+_MOVED = ("heads_in_q", "heads_in_kv", "heads_out", "dense")  # the layouts Keras stores otherwise
+
+
+def to_keras(array: np.ndarray | Deferred, layout: str, config: dict[str, Any]) -> np.ndarray | Deferred:
+    """A canonical `(out, in)` array in the shape of the Keras variable (a `Deferred` one stays deferred)."""
+    if isinstance(array, Deferred):  # a GGUF tensor, whose reader writes into arrays of any strides
+        if layout == "dense":  # the kernel seen transposed is the tensor's shape: read straight into it
+            return array.then(lambda a: a.T, view=lambda out: out.T)
+        return array.then(lambda a: to_keras(a, layout, config)) if layout in _MOVED else array
     if layout == "heads_in_q" or layout == "heads_in_kv":
         heads = config["num_query_heads" if layout == "heads_in_q" else "num_key_value_heads"]
         return array.reshape(heads, -1, array.shape[1]).transpose(0, 2, 1)  # (heads, hidden, dim)
@@ -131,11 +139,14 @@ def _resolve(obj, path: str):
 
 def fill_backbone(
     backbone,
-    get: Callable[[str], np.ndarray],
+    get: Callable[[str], np.ndarray | Deferred],
     mismatch: Callable[[str, tuple, tuple], Exception],
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Assigns every weight of `backbone` from `get(gguf_name)` (canonical form).
+
+    A `Deferred` value is read when it is assigned; inside
+    `backend.no_init.weights_follow()`, straight into the variable.
 
     `mismatch(name, got_shape, wanted_shape)` builds the error to raise when a
     tensor does not fit its variable.
@@ -143,7 +154,7 @@ def fill_backbone(
     config = backbone.get_config()
     filled: set[int] = set()
 
-    def assign(variable, value: np.ndarray, name: str) -> None:
+    def assign(variable, value: np.ndarray | Deferred, name: str) -> None:
         if tuple(variable.shape) != value.shape:
             raise mismatch(name, value.shape, tuple(variable.shape))
         variable.assign(value)

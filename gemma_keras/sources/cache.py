@@ -63,15 +63,18 @@ def get_or_build(
     key: str,
     build: Callable[[Path], dict[str, Any]],
     verify: bool = True,
+    current: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[Path, bool]:
     """Returns `(entry_dir, built_now)` for `<cache>/<kind>/<key>`.
 
     `build(tmp_dir)` fills a fresh directory and returns manifest extras.
     Any exception from it leaves nothing behind in the cache. An existing
     entry is returned once its manifest matches its files' sizes and, with
-    `verify`, their checksums; otherwise it is rebuilt. A caller that passes
-    `verify=False` must check the checksums itself before it trusts the
-    entry, and call again with `verify=True` when they fail.
+    `verify`, their checksums, and `current(manifest)` holds (an entry an
+    older gemma_keras wrote in another form fails it); otherwise it is
+    rebuilt. A caller that passes `verify=False` must check the checksums
+    itself before it trusts the entry, and call again with `verify=True`
+    when they fail.
     """
     root = cache_dir() / kind
     try:
@@ -81,11 +84,16 @@ def get_or_build(
             f"Cannot create the cache directory {root}: {exc}. Set GEMMA_KERAS_CACHE to a writable directory."
         ) from exc
     entry = root / key
-    if read_manifest(entry, verify) is not None:
+
+    def usable() -> bool:
+        manifest = read_manifest(entry, verify)
+        return manifest is not None and (current is None or current(manifest))
+
+    if usable():
         return entry, False
     with locked(root / f".{key}.lock"):
         # Another process may have finished the entry while we waited.
-        if read_manifest(entry, verify) is not None:
+        if usable():
             return entry, False
         # Whoever left these was killed: the lock is ours, so nobody owns them.
         for stale in root.glob(f".{key}.*.tmp"):

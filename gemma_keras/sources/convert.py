@@ -12,13 +12,16 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from gemma_keras import interrupts
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.backend.keras_hub_import import import_keras_hub
 from gemma_keras.backend.no_init import weights_follow
 from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.errors import GemmaKerasError, GGUFError
-from gemma_keras.formats.gguf_reader import GGUFModel
+from gemma_keras.formats.gguf_reader import GGUFModel, GGUFTensors
+from gemma_keras.formats.keras_preset import write_preset_without_weights
 from gemma_keras.formats.layer_tables import TABLES, fill_table
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.formats.tensor_names import fill_backbone, from_gguf_norm
@@ -32,7 +35,11 @@ def _report(progress: Progress | None, stage: str, fraction: float) -> None:
 
 
 def convert_gguf(model: GGUFModel, out_dir: Path, progress: Progress | None = None):
-    """Builds the float32 causal LM, saves it as a preset in `out_dir`; returns `(causal_lm, tokenizer)`.
+    """Builds the float32 causal LM and saves its preset, but the weights, in `out_dir`; returns `(causal_lm, tokenizer)`.
+
+    The weights stay in the GGUF file, which later loads read again
+    (`fill_from_gguf`): the cache holds the config and the tokenizer, not
+    a float32 copy four times the size of a 4-bit file.
 
     SIGINT and SIGTERM are honoured between layers and after the save, with
     `Interrupted`; the cache then removes `out_dir` (nothing is cached).
@@ -70,8 +77,8 @@ def _convert(model: GGUFModel, out_dir: Path, progress: Progress | None):
 
     backbone = build_backbone(model, dtype="float32", progress=layer_progress)
     causal_lm = arch.keras_class("causal_lm")(backbone=backbone, preprocessor=preprocessor)
-    _report(progress, "saving the Keras preset", 0.92)
-    causal_lm.save_to_preset(str(out_dir))
+    _report(progress, "saving the Keras preset's config", 0.92)
+    write_preset_without_weights(causal_lm, out_dir)
     _stop_if_asked(model)  # the cache renames the entry into place after this
     _report(progress, "done", 1.0)
     return causal_lm, tokenizer
@@ -110,15 +117,29 @@ def build_backbone(model: GGUFModel, dtype: str | None = None, progress=None):
     """Builds the KerasHub backbone and fills it with the file's weights."""
     with weights_follow():
         backbone = model.arch.keras_class("backbone")(**model.backbone_config, dtype=dtype)
+    fill_from_gguf(backbone, model.arch, model.tensors, progress)
+    return backbone
+
+
+def fill_from_gguf(backbone, arch: Architecture, tensors: GGUFTensors, progress=None) -> None:
+    """Assigns every weight of `backbone`, built from the file's metadata, from the file's tensors.
+
+    Gemma 1-3 matrices are dequantized when they are assigned, into the
+    variable's own memory where the backend allows (`backend.no_init`).
+    """
 
     def mismatch(name: str, got: tuple, wanted: tuple) -> GGUFError:
         return GGUFError(
-            f"{model.path}: tensor {name!r} has shape {got}, but the "
+            f"{tensors.path}: tensor {name!r} has shape {got}, but the "
             f"model built from the metadata needs {wanted}."
         )
 
-    if model.arch.layers_differ:  # Gemma 4: its own table; llama.cpp stores its norms as they are
-        fill_table(backbone, TABLES[model.arch.name], model.tensor, mismatch, progress, names="gguf")
-    else:
-        fill_backbone(backbone, lambda name: from_gguf_norm(model.tensor(name)), mismatch, progress)
-    return backbone
+    def weight(name: str):
+        deferred = tensors.weight(name)
+        return deferred if len(deferred.shape) > 1 else from_gguf_norm(np.asarray(deferred))
+
+    with weights_follow():
+        if arch.layers_differ:  # Gemma 4: its own table; llama.cpp stores its norms as they are
+            fill_table(backbone, TABLES[arch.name], tensors.tensor, mismatch, progress, names="gguf")
+        else:
+            fill_backbone(backbone, weight, mismatch, progress)

@@ -29,8 +29,8 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from gemma_keras.architectures.record import Architecture
 from gemma_keras.architectures.registry import ARCHITECTURES, keras_causal_lm_classes, of_backbone
@@ -51,15 +51,15 @@ from gemma_keras.errors import (
     SourceError,
     UnsupportedModelError,
 )
-from gemma_keras.formats.gguf_reader import check_magic, read_gguf
+from gemma_keras.formats.gguf_reader import check_magic, read_gguf, read_tensors
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.preset_check import check_model_dir, read_json
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
 from gemma_keras.model import Gemma
 from gemma_keras.quantization import GGUF_MODE, check_quantize_mode
 from gemma_keras.sources import cache
-from gemma_keras.sources.convert import convert_gguf
-from gemma_keras.sources.embedded import SOURCE_NAME, embedded_gguf, embedded_package
+from gemma_keras.sources.convert import convert_gguf, fill_from_gguf
+from gemma_keras.sources.embedded import SOURCE_NAME, embedded_gguf
 from gemma_keras.sources.hf_convert import convert_hf_dir
 from gemma_keras.sources.hub import HUB_HOSTS, HUB_TITLES, offline_reason
 
@@ -164,14 +164,8 @@ def _load(source: str | os.PathLike | None, dtype: str | None, progress: Progres
 
 # --- GGUF ---------------------------------------------------------------------
 def _load_embedded(dtype: str, progress: Progress | None) -> Gemma:
-    pkg = embedded_package()
-    entry = cache.cache_dir() / "gguf" / pkg.EXPECTED_SHA256
-    lm = None
-    if cache.read_manifest(entry, verify=False) is not None:
-        lm = _load_cached_checked(entry, dtype, progress, SOURCE_NAME)
-    if lm is None:  # no entry, or one that failed its checksums: load_gguf rebuilds it
-        path, sha = embedded_gguf(progress)
-        lm = load_gguf(path, dtype=dtype, progress=progress, sha256=sha, source=SOURCE_NAME)
+    path, sha = embedded_gguf(progress)
+    lm = load_gguf(path, dtype=dtype, progress=progress, sha256=sha, source=SOURCE_NAME)
     lm.info.instruction_tuned = False  # google/gemma-3-270m: pretrained, whatever an older cache says
     return lm
 
@@ -184,7 +178,11 @@ def load_gguf(
     sha256: str | None = None,
     source: str | None = None,
 ) -> Gemma:
-    """Loads a Gemma GGUF file, converting it into the cache on first use."""
+    """Loads a Gemma GGUF file; its first load caches the Keras config and tokenizer built from it.
+
+    The weights are read from the file at every load (the cache entry holds
+    none of them), dequantized straight into the model's variables.
+    """
     backend = ensure_backend()
     dtype = validate_dtype(dtype) if dtype else default_dtype(backend)
     path = Path(path)
@@ -197,7 +195,7 @@ def load_gguf(
     built: dict = {}
 
     def build(tmp: Path) -> dict:
-        # Parsed only when not cached: a warm load skips the 262k-token vocab.
+        # Parsed only when not cached: a warm load takes the tokenizer from the entry.
         model = read_gguf(path)
         built["lm"], built["tokenizer"] = convert_gguf(model, tmp, progress)
         return {
@@ -206,51 +204,33 @@ def load_gguf(
             "instruction_tuned": bool(_instruction_tuned(model.names)),
             "source_sha256": sha,
             "source_name": path.name,
+            "weights": _IN_SOURCE,
         }
 
-    entry, built_now = cache.get_or_build("gguf", sha, build, verify=False)
-    if not built_now:
-        lm = _load_cached_checked(entry, dtype, progress, source)
-        if lm is not None:
-            return lm
-        entry, _ = cache.get_or_build("gguf", sha, build)  # the checksums failed: rebuilt here
+    # Entries are a few MB, so their checksums are cheap; one from an older
+    # gemma_keras, which held float32 weights, is rebuilt in this form.
+    entry, _ = cache.get_or_build("gguf", sha, build, current=lambda m: m.get("weights") == _IN_SOURCE)
     manifest = cache.read_manifest(entry, verify=False)
     if "lm" in built and dtype == "float32":
         return _wrap(built["lm"], manifest, source, dtype, tokenizer=built["tokenizer"])
-    return _load_cached(entry, dtype, progress, source=source, manifest=manifest)
-
-
-def _load_cached_checked(entry: Path, dtype: str, progress: Progress | None, source: str) -> Gemma | None:
-    """`_load_cached`, while another thread checks the entry's checksums; None when they fail.
-
-    Hashing the 270M model's 1 GB of weights takes about 0.8 s, and
-    `hashlib` lets other threads run meanwhile, so it overlaps the build of
-    the model instead of preceding it. Nothing built from an entry that
-    fails is returned: the caller rebuilds the entry (reliability.md, 5).
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-keras-checksums") as pool:
-        intact = pool.submit(cache.read_manifest, entry, True)
-        try:
-            lm = _load_cached(entry, dtype, progress, source)
-        except Exception:
-            if intact.result() is not None:
-                raise  # the entry is intact: the error is not its doing
-            return None
-        return lm if intact.result() is not None else None
-
-
-# --- Keras presets ------------------------------------------------------------
-def _load_cached(
-    entry: Path, dtype: str, progress: Progress | None, source: str, manifest: dict | None = None
-) -> Gemma:
-    _report(progress, "loading the cached Keras preset", 0.5)
-    arch = check_model_dir(entry)  # a few small JSON files: cheap even though the manifest vouches for them
-    manifest = manifest or cache.read_manifest(entry, verify=False)
-    lm = _load_keras_preset(str(entry), dtype, arch, source, manifest)
+    _report(progress, "reading the weights", 0.5)
+    arch = check_model_dir(entry, weights=False)
+    lm = _load_keras_preset(
+        str(entry),
+        dtype,
+        arch,
+        source,
+        manifest,
+        fill=lambda backbone: fill_from_gguf(backbone, arch, read_tensors(path)),
+    )
     _report(progress, "done", 1.0)
     return lm
 
 
+_IN_SOURCE = "in the source file"  # a GGUF cache entry's manifest: its weights are the GGUF's
+
+
+# --- Keras presets ------------------------------------------------------------
 # Where a KerasHub preset directory keeps its SentencePiece vocabulary.
 _VOCABULARY = Path("assets", "tokenizer", "vocabulary.spm")
 
@@ -262,17 +242,19 @@ def _load_keras_preset(
     source: str,
     manifest: dict | None,
     instruction_tuned: bool | None = None,
+    fill: Callable[[Any], None] | None = None,
 ) -> Gemma:
     """A Keras preset as a `Gemma`; from a local directory, without KerasHub's preprocessor yet.
 
     Generation uses our tokenizer, read straight from the preset's vocabulary
     file. KerasHub's preprocessor costs about a second and TensorFlow
     (`backend/keras_hub_import.py`), so `Gemma.causal_lm` builds it from the
-    preset's `preprocessor.json` on first access.
+    preset's `preprocessor.json` on first access. `fill(backbone)` fills the
+    weights of a preset that holds none (a GGUF cache entry).
     """
     vocabulary = Path(preset) / _VOCABULARY
     config_file = Path(preset) / "preprocessor.json"
-    if arch is None or not vocabulary.is_file() or not config_file.is_file():
+    if fill is None and (arch is None or not vocabulary.is_file() or not config_file.is_file()):
         lm = _from_preset(preset, dtype, arch)
         return _wrap(lm, manifest, source, dtype, instruction_tuned=instruction_tuned)
     try:
@@ -283,7 +265,9 @@ def _load_keras_preset(
             "restore the preset's tokenizer file or export the model again."
         ) from exc
     config = read_json(config_file)
-    lm = _from_preset(preset, dtype, arch, preprocessor=False)
+    lm = _from_preset(preset, dtype, arch, preprocessor=False, load_weights=fill is None)
+    if fill is not None:
+        fill(lm.backbone)
 
     def preprocessor():
         import keras
@@ -299,13 +283,20 @@ def _load_keras_preset(
     )
 
 
-def _from_preset(preset: str, dtype: str, arch: Architecture | None = None, preprocessor: bool = True):
+def _from_preset(
+    preset: str,
+    dtype: str,
+    arch: Architecture | None = None,
+    preprocessor: bool = True,
+    load_weights: bool = True,
+):
     """KerasHub's model from a preset: the record's causal LM class when the architecture is known.
 
     `keras_hub.models.CausalLM.from_preset` takes the first subclass whose backbone
     matches, and Gemma 4's assistant (draft) model shares `Gemma4Backbone`.
     With `preprocessor=False` the model has none, and TensorFlow stays
-    unimported where keras_hub was imported without it.
+    unimported where keras_hub was imported without it. With
+    `load_weights=False` every weight is zero until the caller fills it.
     """
     keras_hub = import_keras_hub()
     task = arch.keras_class("causal_lm") if arch is not None else keras_hub.models.CausalLM
@@ -318,7 +309,7 @@ def _from_preset(preset: str, dtype: str, arch: Architecture | None = None, prep
         # refuses its own tokenizer asset.) KerasHub's `get_file` imports
         # TensorFlow even for a local directory, hence `without_tensorflow`.
         with quiet_native_logs(), weights_follow(), without_tensorflow():
-            return task.from_preset(preset, dtype=dtype, **options)
+            return task.from_preset(preset, dtype=dtype, load_weights=load_weights, **options)
     except GemmaKerasError:
         raise
     except Exception as exc:
