@@ -62,19 +62,15 @@ def get_or_build(
     kind: str,
     key: str,
     build: Callable[[Path], dict[str, Any]],
-    verify: bool = True,
     current: Callable[[dict[str, Any]], bool] | None = None,
-) -> tuple[Path, bool]:
-    """Returns `(entry_dir, built_now)` for `<cache>/<kind>/<key>`.
+) -> tuple[Path, dict[str, Any]]:
+    """Returns `(entry_dir, manifest)` for `<cache>/<kind>/<key>`.
 
     `build(tmp_dir)` fills a fresh directory and returns manifest extras.
     Any exception from it leaves nothing behind in the cache. An existing
-    entry is returned once its manifest matches its files' sizes and, with
-    `verify`, their checksums, and `current(manifest)` holds (an entry an
-    older gemma_keras wrote in another form fails it); otherwise it is
-    rebuilt. A caller that passes `verify=False` must check the checksums
-    itself before it trusts the entry, and call again with `verify=True`
-    when they fail.
+    entry is returned once its manifest matches its files' sizes and
+    checksums, and `current(manifest)` holds (an entry an older gemma_keras
+    wrote in another form fails it); otherwise it is rebuilt.
     """
     root = cache_dir() / kind
     try:
@@ -85,16 +81,16 @@ def get_or_build(
         ) from exc
     entry = root / key
 
-    def usable() -> bool:
-        manifest = read_manifest(entry, verify)
-        return manifest is not None and (current is None or current(manifest))
+    def usable() -> dict[str, Any] | None:
+        manifest = read_manifest(entry)
+        return manifest if manifest is not None and (current is None or current(manifest)) else None
 
-    if usable():
-        return entry, False
+    if (manifest := usable()) is not None:
+        return entry, manifest
     with locked(root / f".{key}.lock"):
         # Another process may have finished the entry while we waited.
-        if usable():
-            return entry, False
+        if (manifest := usable()) is not None:
+            return entry, manifest
         # Whoever left these was killed: the lock is ours, so nobody owns them.
         for stale in root.glob(f".{key}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -114,4 +110,4 @@ def get_or_build(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return entry, True
+    return entry, read_manifest(entry, verify=False)

@@ -209,8 +209,7 @@ def load_gguf(
 
     # Entries are a few MB, so their checksums are cheap; one from an older
     # gemma_keras, which held float32 weights, is rebuilt in this form.
-    entry, _ = cache.get_or_build("gguf", sha, build, current=lambda m: m.get("weights") == _IN_SOURCE)
-    manifest = cache.read_manifest(entry, verify=False)
+    entry, manifest = cache.get_or_build("gguf", sha, build, current=lambda m: m.get("weights") == _IN_SOURCE)
     if "lm" in built and dtype == "float32":
         return _wrap(built["lm"], manifest, source, dtype, tokenizer=built["tokenizer"])
     _report(progress, "reading the weights", 0.5)
