@@ -48,12 +48,16 @@ class Runner(Protocol):
             power-of-two width (`forward_at`), so that few shapes compile.
         batch_multiple: the number of rows must be a multiple of this
             (1, or the size of a sharded batch axis).
+        spans: whether calls that touch only the first positions of a long
+            cache attend over those only (`KerasRunner._span`), each span
+            compiled apart.
     """
 
     vocab_size: int
     chunk: int
     compiles: bool
     batch_multiple: int
+    spans: bool
 
     def new_cache(self, rows: int, length: int) -> Any:
         """An empty KV cache."""

@@ -169,6 +169,7 @@ class TorchRunner:
     chunk = 0  # eager torch has no per-call compile cost for chunks to spread
     compiles = False
     batch_multiple = 1
+    spans = False  # eager attention is cut to the written positions already (`_attend`)
 
     def __init__(self, backbone, arch, packed: dict | None = None):
         import torch

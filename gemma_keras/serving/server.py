@@ -71,7 +71,7 @@ def _compile_whole_cache(engine: Engine, rows: int) -> None:
     half need these. They run on an empty cache, while no request is admitted.
     """
     runner = engine.runner
-    if not getattr(runner, "spans", False):
+    if not runner.spans:
         return
     batch = Batch(runner, rows, engine.min_length, engine.pad_id)
     mask = runner.prepare_mask(np.ones((batch.size, batch.length), np.int32))
