@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,9 @@ class GGUFModel:
         types = [3 if t in markers else kind for t, kind in zip(self.tokens, self.token_types, strict=True)]
         return proto_from_gguf_vocab(self.tokens, types, **self.special_ids)
 
-    @property
+    @cached_property
     def tensors(self) -> GGUFTensors:
-        if not hasattr(self, "_tensors"):
-            self._tensors = GGUFTensors(self.header)
-        return self._tensors
+        return GGUFTensors(self.header)
 
     def tensor(self, name: str) -> np.ndarray:
         """A tensor as float32 in `(out, in)` layout."""
