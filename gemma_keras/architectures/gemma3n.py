@@ -272,6 +272,7 @@ GEMMA3N = Architecture(
     global_every=None,
     block_flags=frozenset(),
     cache_layout="altup",
+    cuttable_calls=False,
     chat_format=GEMMA_TURNS,
     plain_torch=True,
     context_length=lambda config: int(config.get("max_position_embeddings") or 32768),

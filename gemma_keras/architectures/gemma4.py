@@ -379,6 +379,7 @@ GEMMA4 = Architecture(
     global_every=None,  # layer_types lists each layer's kind
     block_flags=frozenset(),
     cache_layout="per_layer",
+    cuttable_calls=False,
     chat_format=GEMMA4_TURNS,
     plain_torch=True,
     # E2B and E4B (per-layer inputs): 128k tokens; 26B-A4B and 31B: 256k. A source's own value wins.

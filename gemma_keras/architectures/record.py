@@ -79,6 +79,9 @@ class Architecture:
         keras_config: the backbone's arguments for a config in Gemma 1-4's
             size names, which GGUF reading and the size checks use (Gemma 3n
             names its sizes its own way).
+        cuttable_calls: a runner may cut a call: feed a long prompt in
+            pieces, and attend over only the first, written positions of the
+            cache. Gemma 4 and 3n run each call whole over the whole cache.
     """
 
     name: str
@@ -111,6 +114,7 @@ class Architecture:
     gguf_metadata: Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]] | None = None
     gguf_visible_pieces: frozenset[str] = frozenset()
     keras_config: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda config: config)
+    cuttable_calls: bool = True
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""

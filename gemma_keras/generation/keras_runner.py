@@ -60,11 +60,10 @@ class KerasRunner:
     ):
         self.causal_lm = causal_lm
         self.compiles = compiles
-        # Gemma 1-3 calls may be cut: prompts wider than `prefill_chunk` run in pieces (`_in_pieces`),
-        # and calls attend over the first positions of the cache only (`_span`). Gemma 4 and 3n run whole.
-        cuttable = arch.cache_layout not in ("per_layer", "altup")
-        self.prefill_chunk = prefill_chunk if cuttable else None
-        self.spans = spans and cuttable
+        # Cut calls: prompts wider than `prefill_chunk` run in pieces (`_in_pieces`), and calls attend
+        # over the first positions of the cache only (`_span`).
+        self.prefill_chunk = prefill_chunk if arch.cuttable_calls else None
+        self.spans = spans and arch.cuttable_calls
         self.backbone = causal_lm.backbone
         self.arch = arch
         self.trace_count = 0

@@ -186,6 +186,7 @@ class TorchRunner:
         if self.packed and arch.cache_layout in ("per_layer", "altup"):
             raise GenerationArgumentError(f"packed weights are not wired up for {arch.title} here.")
         self.backbone = backbone
+        self.arch = arch
         self.gemma4 = arch.cache_layout == "per_layer"
         self.gemma3n = arch.cache_layout == "altup"
         self.blocks = []
@@ -394,15 +395,16 @@ class TorchRunner:
     def forward(self, token_ids, mask, cache, index: int, every_position: bool = False):
         """Numpy tokens in, float32 numpy logits (after the last token, or after each) out.
 
-        Gemma 1-3 prompts longer than `PREFILL_CHUNK` run in chunks of that
+        Prompts longer than `PREFILL_CHUNK` run in chunks of that
         many positions, one after another: attention scores then take
         `chunk x length`, not `length x length`, and a sliding layer's chunk
-        reads only the keys within its window.
+        reads only the keys within its window. Architectures whose calls
+        cannot be cut (`Architecture.cuttable_calls`) run whole.
         """
         torch = self.torch
         ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=self.device)
         index = int(index)
-        step = PREFILL_CHUNK if not (self.gemma4 or self.gemma3n) else ids.shape[1]
+        step = PREFILL_CHUNK if self.arch.cuttable_calls else ids.shape[1]
         outs = []
         with torch.inference_mode():
             for start in range(0, ids.shape[1], max(step, 1)):
