@@ -128,11 +128,8 @@ def _gguf_file(source: str | os.PathLike | None) -> Path | None:
     if source is None:
         return None
     path = Path(os.fspath(source)).expanduser()
-    if path.is_file():
-        check_magic(path)
-        return path
-    if path.suffix == ".gguf":
-        raise ModelNotFoundError(f"{path}: no such file.")
+    if path.is_file() or path.suffix == ".gguf":
+        return path  # `load_gguf` checks the file, before anything slow
     raise SourceError(
         f"quantize='gguf' keeps a GGUF file's own blocks, but {os.fspath(source)!r} is not a GGUF file; "
         "pass a .gguf path (or no source, for the embedded model), or choose quantize='int8' or 'int4'."
