@@ -8,6 +8,7 @@ script:
     python examples/make_notebooks.py                 # rewrite the notebooks
     python examples/make_notebooks.py --check         # fail if one is out of date
     python examples/make_notebooks.py --run quickstart --backend torch   # execute top to bottom
+    python examples/make_notebooks.py --run finetune_lora --set epochs=1 # with a script argument changed
 
 Running needs the `notebooks` extra (nbclient, nbformat, ipykernel).
 """
@@ -92,28 +93,52 @@ def stale() -> list[str]:
     ]
 
 
-def run(name: str, backend: str, workdir: Path, timeout: int) -> None:
-    """Executes a notebook top to bottom in a fresh kernel on `backend`; prints each cell's output."""
+def run(name: str, backend: str, workdir: Path, timeout: int, settings: dict | None = None) -> str:
+    """Executes a notebook top to bottom in a fresh kernel on `backend`; prints and returns its output.
+
+    `settings` replace the script's argument defaults (`{"epochs": 1}`), in a
+    cell after the one that parses them, as papermill's parameters do.
+    """
     import nbformat
     from nbclient import NotebookClient
 
     notebook = nbformat.reads(render(name), as_version=4)
+    if settings:
+        at = next(i for i, c in enumerate(notebook.cells) if "parser.parse_args(" in c.source)
+        lines = [f"args.{key} = {value!r}" for key, value in settings.items()]
+        notebook.cells.insert(at + 1, nbformat.v4.new_code_cell("\n".join(lines)))
     os.environ["KERAS_BACKEND"] = backend  # the kernel inherits it; the settings cell reads it
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     print(f"running {name} on {backend}...", file=sys.stderr, flush=True)
     resources = {"metadata": {"path": str(workdir)}}
     NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources=resources).execute()
+    output = ""
     for cell in notebook.cells:
         text = "".join(
             o.get("text") or o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", [])
         )
         if text:
-            print(text, end="" if text.endswith("\n") else "\n")
+            output += text if text.endswith("\n") else text + "\n"
+    print(output, end="")
     print(
         f"{name} on {backend}: ran {len(notebook.cells)} cells in {time.monotonic() - started:.0f} s",
         file=sys.stderr,
     )
+    return output
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """`NAME=VALUE` from the command line; VALUE as a Python literal, or else as a string."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"--set takes NAME=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def main() -> int:
@@ -125,12 +150,20 @@ def main() -> int:
         "--workdir", default=None, help="where the notebook runs (default: a temporary directory)"
     )
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    parser.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="replace one of the script's argument defaults, e.g. --set epochs=1",
+    )
     args = parser.parse_args()
     if args.run:
         import tempfile
 
         workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix=f"nb-{args.run}-"))
-        run(args.run, args.backend, workdir, args.timeout)
+        run(args.run, args.backend, workdir, args.timeout, dict(args.set))
         return 0
     if args.check:
         out_of_date = stale()
