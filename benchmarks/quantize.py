@@ -2,7 +2,8 @@
 
     python benchmarks/quantize.py --backend jax [--modes int8,int4] [--json out.json]
 
-On the embedded real Gemma 3 270M, for float32, int8 and int4 weight-only,
+On the embedded real Gemma 3 270M, for float32, bfloat16 (`gk.load(dtype=
+"bfloat16")`: weights and activations), int8 and int4 weight-only,
 int8-activations (Keras' int8: weights and each layer's inputs) and gguf (the
 file's own Q4_K_M blocks, packed for torch's int4 kernel): greedy decode
 tokens/s (64 new tokens, after a warm-up decode of the same length), the
@@ -27,7 +28,8 @@ import time
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "The largest planet in our solar system is"]
 NEW = 64
-MODES = ("float32", "int8", "int4", "int8-activations", "gguf")
+MODES = ("float32", "bfloat16", "int8", "int4", "int8-activations", "gguf")
+DTYPES = ("float32", "bfloat16")  # modes that are a dtype, not a quantization
 
 
 def zen_of_python() -> str:
@@ -82,7 +84,7 @@ def measure_one(backend: str, mode: str) -> dict:
     from gemma_keras.generation.decode import generate_ids
 
     gk.use_backend(backend)
-    lm = gk.load(quantize=None if mode == "float32" else mode)
+    lm = gk.load(dtype=mode) if mode in DTYPES else gk.load(quantize=mode)
     gc.collect()
     r: dict = {"backend": backend, "mode": mode, "rss_loaded_mb": rss_mb()}
     paths = [generate_ids(lm.runner, [lm.tokenizer.encode(p)], NEW)[0] for p in PROMPTS]  # also warms up
