@@ -104,7 +104,9 @@ def run(name: str, backend: str, workdir: Path, timeout: int, settings: dict | N
 
     notebook = nbformat.reads(render(name), as_version=4)
     if settings:
-        at = next(i for i, c in enumerate(notebook.cells) if "parser.parse_args(" in c.source)
+        at = next((i for i, c in enumerate(notebook.cells) if "parser.parse_args(" in c.source), None)
+        if at is None:
+            raise SystemExit(f"--set: {name} parses no arguments, so there is nothing to set.")
         lines = [f"args.{key} = {value!r}" for key, value in settings.items()]
         notebook.cells.insert(at + 1, nbformat.v4.new_code_cell("\n".join(lines)))
     os.environ["KERAS_BACKEND"] = backend  # the kernel inherits it; the settings cell reads it
