@@ -9,7 +9,6 @@ that the full run teaches. `nox -s notebooks` runs every notebook in full.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -18,19 +17,16 @@ import pytest
 
 from gemma_keras.testing import made_up_fact_records
 from tests.conftest import BACKEND
+from tests.test_examples import _builder
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
-ROOT = Path(__file__).parent.parent
 jax_only = pytest.mark.skipif(
     BACKEND != "jax", reason="the notebook is checked once; the jax session runs it"
 )
 
 
 def _run(name: str, workdir: Path, **settings) -> str:
-    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "examples" / "make_notebooks.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    return builder.run(name, BACKEND, workdir, timeout=900, settings=settings)
+    return _builder().run(name, BACKEND, workdir, timeout=900, settings=settings)
 
 
 def test_quickstart_notebook(tmp_path):
