@@ -24,6 +24,8 @@ import gemma_keras as gk  # noqa: E402
 
 BACKEND = gk.use_backend(os.environ.get("KERAS_BACKEND") or gk.current_backend())
 ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+# For a test whose outcome cannot depend on the Keras backend: one session runs it for all three.
+JAX_SESSION_ONLY = pytest.mark.skipif(BACKEND != "jax", reason="backend-independent; runs in the jax session")
 
 
 def pytest_report_header(config):

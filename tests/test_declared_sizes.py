@@ -21,10 +21,10 @@ import gemma_keras as gk
 from gemma_keras.architectures.registry import by_name
 from gemma_keras.formats.gguf_reader import read_gguf
 from gemma_keras.formats.preset_check import check_model_dir, implied_parameters
-from tests.conftest import BACKEND
+from tests.conftest import JAX_SESSION_ONLY
 
-# Reading files involves no Keras backend: one session runs it for all.
-pytestmark = pytest.mark.skipif(BACKEND != "jax", reason="backend-independent; runs in the jax session")
+# Reading files involves no Keras backend.
+pytestmark = JAX_SESSION_ONLY
 
 NAN, INF = float("nan"), float("inf")
 

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 import gemma_keras as gk
 from gemma_keras.formats.gguf_reader import read_gguf
-from tests.conftest import BACKEND, cache_files
+from tests.conftest import JAX_SESSION_ONLY, cache_files
 
-# Reading GGUF involves no Keras backend: one session runs it for all.
-pytestmark = pytest.mark.skipif(BACKEND != "jax", reason="backend-independent; runs in the jax session")
+# Reading GGUF involves no Keras backend.
+pytestmark = JAX_SESSION_ONLY
 
 ABSURD = [0, 1, 2**31 - 1, 2**32 - 1, 2**63 - 1, 2**64 - 1, 255, 7, 4096, 10**12]
 OUTCOMES: collections.Counter = collections.Counter()

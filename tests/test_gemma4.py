@@ -17,7 +17,7 @@ import pytest
 
 import gemma_keras as gk
 from gemma_keras.errors import GenerationArgumentError, SourceError, UnsupportedModelError
-from tests.conftest import generate_ids
+from tests.conftest import JAX_SESSION_ONLY, generate_ids
 from tests.hf_reference import (
     GEMMA4_TOKENS,
     GEMMA4_VARIANTS,
@@ -239,6 +239,7 @@ def test_safetensors_export_reloads_in_transformers_and_here(variant, tmp_path, 
 
 
 @pytest.mark.real
+@JAX_SESSION_ONLY
 def test_tokenizer_json_of_the_real_vocabulary_matches_sentencepiece(tmp_path):
     """The real Gemma 3 vocabulary, saved by transformers as tokenizer.json, converted back."""
     import random
