@@ -62,8 +62,9 @@ def test_a_source_without_blocks_is_refused_before_loading(tmp_path):
         gk.load(tmp_path / "missing.gguf", quantize="gguf")
 
 
-def test_gemma4_is_refused_on_every_backend():
-    path = Path(__file__).parent / "data" / "converted" / "moe.gguf"  # llama.cpp's converter wrote it
+@pytest.mark.parametrize("name", ["moe", "gemma3n"])
+def test_gemma4_and_3n_are_refused_on_every_backend(name):
+    path = Path(__file__).parent / "data" / "converted" / f"{name}.gguf"  # llama.cpp's converter wrote it
     with pytest.raises(UnsupportedModelError, match="Gemma 1, 2 and 3 GGUF"):
         gk.load(path, quantize="gguf")
 

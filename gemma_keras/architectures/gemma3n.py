@@ -273,6 +273,7 @@ GEMMA3N = Architecture(
     block_flags=frozenset(),
     cache_layout="altup",
     cuttable_calls=False,
+    keeps_gguf_blocks=False,
     chat_format=GEMMA_TURNS,
     plain_torch=True,
     context_length=lambda config: int(config.get("max_position_embeddings") or 32768),

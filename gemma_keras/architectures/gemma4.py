@@ -380,6 +380,7 @@ GEMMA4 = Architecture(
     block_flags=frozenset(),
     cache_layout="per_layer",
     cuttable_calls=False,
+    keeps_gguf_blocks=False,
     chat_format=GEMMA4_TURNS,
     plain_torch=True,
     # E2B and E4B (per-layer inputs): 128k tokens; 26B-A4B and 31B: 256k. A source's own value wins.

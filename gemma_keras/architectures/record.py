@@ -82,6 +82,9 @@ class Architecture:
         cuttable_calls: a runner may cut a call: feed a long prompt in
             pieces, and attend over only the first, written positions of the
             cache. Gemma 4 and 3n run each call whole over the whole cache.
+        keeps_gguf_blocks: `quantize="gguf"` can run the file's own blocks:
+            the plain-torch runner's packed products are wired up for the
+            layers of Gemma 1-3 only.
     """
 
     name: str
@@ -115,6 +118,7 @@ class Architecture:
     gguf_visible_pieces: frozenset[str] = frozenset()
     keras_config: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda config: config)
     cuttable_calls: bool = True
+    keeps_gguf_blocks: bool = True
 
     def keras_class(self, kind: str):
         """The KerasHub class for `kind`: "backbone", "causal_lm", "tokenizer" or "preprocessor"."""

@@ -216,7 +216,7 @@ def check_keeps_blocks(arch) -> None:
     """Raises `UnsupportedModelError` unless the architecture's blocks can be kept (Gemma 1, 2 and 3)."""
     from gemma_keras.errors import UnsupportedModelError
 
-    if arch.layers_differ or arch.cache_layout not in ("stacked", "pair"):
+    if not arch.keeps_gguf_blocks:
         raise UnsupportedModelError(
             f"{arch.title}: quantize='gguf' keeps the blocks of Gemma 1, 2 and 3 GGUF files only; "
             "load it without quantize, or with quantize='int8'."

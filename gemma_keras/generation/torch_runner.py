@@ -183,7 +183,7 @@ class TorchRunner:
         # the `PackedLinear` that replaces it in the products; Gemma 1-3 only.
         self.packed = dict(packed or {})
         self.packed_output = self.packed.get("token_embedding.embeddings")
-        if self.packed and arch.cache_layout in ("per_layer", "altup"):
+        if self.packed and not arch.keeps_gguf_blocks:
             raise GenerationArgumentError(f"packed weights are not wired up for {arch.title} here.")
         self.backbone = backbone
         self.arch = arch
