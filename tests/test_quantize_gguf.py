@@ -63,7 +63,10 @@ def test_a_source_without_blocks_is_refused_before_loading(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["moe", "gemma3n"])
-def test_gemma4_and_3n_are_refused_on_every_backend(name):
+def test_gemma4_and_3n_are_refused_before_loading_on_every_backend(name, monkeypatch):
+    from gemma_keras.sources import resolve
+
+    monkeypatch.setattr(resolve, "_load", lambda *args: pytest.fail("the model was loaded first"))
     path = Path(__file__).parent / "data" / "converted" / f"{name}.gguf"  # llama.cpp's converter wrote it
     with pytest.raises(UnsupportedModelError, match="Gemma 1, 2 and 3 GGUF"):
         gk.load(path, quantize="gguf")

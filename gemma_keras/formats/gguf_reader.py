@@ -164,6 +164,14 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
         raise GGUFError(f"{path}: malformed metadata ({type(exc).__name__}: {exc}).") from exc
 
 
+def gguf_architecture(path: str | os.PathLike) -> Architecture:
+    """The architecture a GGUF file names, from its header alone (its vocabulary is skipped, not parsed)."""
+    path = Path(path)
+    return by_gguf_arch(
+        _field(read_header(path, values=False), path, "general.architecture", required=True), str(path)
+    )
+
+
 def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
     arch = by_gguf_arch(_field(header, path, "general.architecture", required=True), str(path))
 

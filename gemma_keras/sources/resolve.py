@@ -51,7 +51,8 @@ from gemma_keras.errors import (
     SourceError,
     UnsupportedModelError,
 )
-from gemma_keras.formats.gguf_reader import check_magic, read_gguf, read_tensors
+from gemma_keras.formats.gguf_blocks import check_keeps_blocks
+from gemma_keras.formats.gguf_reader import check_magic, gguf_architecture, read_gguf, read_tensors
 from gemma_keras.formats.model_info import ModelInfo
 from gemma_keras.formats.preset_check import check_model_dir, read_json
 from gemma_keras.formats.sentencepiece import GemmaTokenizer
@@ -128,8 +129,12 @@ def _gguf_file(source: str | os.PathLike | None) -> Path | None:
     if source is None:
         return None
     path = Path(os.fspath(source)).expanduser()
-    if path.is_file() or path.suffix == ".gguf":
-        return path  # `load_gguf` checks the file, before anything slow
+    if path.is_file():
+        check_magic(path)
+        check_keeps_blocks(gguf_architecture(path))  # a Gemma 4 file fails here, not after its load
+        return path
+    if path.suffix == ".gguf":
+        return path  # `load_gguf` says that it is missing
     raise SourceError(
         f"quantize='gguf' keeps a GGUF file's own blocks, but {os.fspath(source)!r} is not a GGUF file; "
         "pass a .gguf path (or no source, for the embedded model), or choose quantize='int8' or 'int4'."
