@@ -78,8 +78,9 @@ def main() -> int:
     lm, r["ours_load_cold_s"] = timed(gk.load)
     lm, r["ours_load_warm_s"] = timed(gk.load)
     # KerasHub reads a Keras preset; the GGUF cache entry holds no weights, so one is written here.
-    entry = tempfile.mkdtemp(prefix="gemma-keras-bench-preset-")
-    lm.save(entry)
+    # lm.save refuses an existing directory that is not its own preset, so the preset goes inside one.
+    preset_dir = tempfile.mkdtemp(prefix="gemma-keras-bench-preset-")
+    entry = str(lm.save(os.path.join(preset_dir, "preset")))
 
     def ours(tokens: int) -> str:
         return lm.generate(PROMPT, max_new_tokens=tokens, stop_token_ids=())
@@ -113,7 +114,7 @@ def main() -> int:
     import keras_hub
 
     hub, r["kerashub_load_warm_s"] = timed(lambda: keras_hub.models.Gemma3CausalLM.from_preset(entry))
-    shutil.rmtree(entry, ignore_errors=True)
+    shutil.rmtree(preset_dir, ignore_errors=True)
     hub.compile(sampler="greedy")
     prompt_len = len(lm.tokenizer.encode(PROMPT))
 

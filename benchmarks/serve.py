@@ -182,9 +182,9 @@ def main() -> int:
         import keras_hub
 
         # KerasHub reads a Keras preset; the GGUF cache entry holds no weights, so one is written here.
-        with tempfile.TemporaryDirectory(prefix="gemma-keras-bench-preset-") as preset:
-            lm.save(preset)
-            hub = keras_hub.models.Gemma3CausalLM.from_preset(preset)
+        # lm.save refuses an existing directory that is not its own preset, so the preset goes inside one.
+        with tempfile.TemporaryDirectory(prefix="gemma-keras-bench-preset-") as tmp:
+            hub = keras_hub.models.Gemma3CausalLM.from_preset(str(lm.save(f"{tmp}/preset")))
         hub.compile(sampler="greedy")
         results["kerashub"] = [kerashub(hub, lm, c, args.new_tokens) for c in levels]
         for ours, theirs in zip(results["ours"], results["kerashub"], strict=True):
