@@ -58,7 +58,7 @@ class Deferred:
         self.read = read
 
     def __array__(self, dtype=None, copy=None):
-        out = _aligned(self.shape, self.dtype)
+        out = _fresh_pages(self.shape, self.dtype)
         self.read(out)
         return out if dtype is None else out.astype(dtype, copy=False)
 
@@ -112,7 +112,7 @@ def _install() -> None:
         _installed = True
 
 
-def _aligned(shape, dtype):
+def _fresh_pages(shape, dtype):
     """A C-contiguous, zero-filled NumPy array on pages of its own, untouched until written.
 
     Anonymous memory from the kernel: page-aligned (XLA's CPU client adopts
@@ -137,10 +137,10 @@ def _numpy_dtype(dtype):
 
 
 def _jax_zeros(shape, dtype=None):
-    """Zeros that JAX adopts from `_aligned`: no page is touched until the file's weight replaces them."""
+    """Zeros that JAX adopts from `_fresh_pages`: no page is touched until the file's weight replaces them."""
     import jax
 
-    return jax.device_put(_aligned(tuple(shape), _numpy_dtype(dtype or "float32")))
+    return jax.device_put(_fresh_pages(tuple(shape), _numpy_dtype(dtype or "float32")))
 
 
 def _read_into(variable, value: Deferred, backend: str) -> bool:
@@ -162,7 +162,7 @@ def _read_into(variable, value: Deferred, backend: str) -> bool:
 
     if getattr(variable, "_layout", None) is not None or jax.default_backend() != "cpu":
         return False  # a sharded or accelerator variable: Keras places the array itself
-    buffer = _aligned(value.shape, value.dtype)
+    buffer = _fresh_pages(value.shape, value.dtype)
     value.read(buffer)
     variable._direct_assign(jax.device_put(buffer))
     return True

@@ -167,13 +167,16 @@ def read_gguf(path: str | os.PathLike) -> GGUFModel:
 def gguf_architecture(path: str | os.PathLike) -> Architecture:
     """The architecture a GGUF file names, from its header alone (its vocabulary is skipped, not parsed)."""
     path = Path(path)
-    return by_gguf_arch(
-        _field(read_header(path, values=False), path, "general.architecture", required=True), str(path)
-    )
+    check_magic(path)
+    return _architecture(path, read_header(path, values=False))
+
+
+def _architecture(path: Path, header: GGUFHeader) -> Architecture:
+    return by_gguf_arch(_field(header, path, "general.architecture", required=True), str(path))
 
 
 def _read_metadata(path: Path, header: GGUFHeader) -> GGUFModel:
-    arch = by_gguf_arch(_field(header, path, "general.architecture", required=True), str(path))
+    arch = _architecture(path, header)
 
     def key(name, default=None, required=False):
         return _field(header, path, f"{arch.gguf_arch}.{name}", default, required)

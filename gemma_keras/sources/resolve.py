@@ -130,7 +130,6 @@ def _gguf_file(source: str | os.PathLike | None) -> Path | None:
         return None
     path = Path(os.fspath(source)).expanduser()
     if path.is_file():
-        check_magic(path)
         check_keeps_blocks(gguf_architecture(path))  # a Gemma 4 file fails here, not after its load
         return path
     if path.suffix == ".gguf":
