@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gemma_keras as gk
-from gemma_keras.backend.no_init import weights_follow
+from gemma_keras.backend.no_init import Deferred, weights_follow, weights_in_files
 from gemma_keras.formats.tensor_names import fill_backbone, read_backbone
 from tests.conftest import BACKEND
 
@@ -40,6 +40,59 @@ def test_weights_start_at_zero_only_inside_and_only_in_that_thread():
     assert _kernel_sum(inside) == 0
     assert _kernel_sum(seen["other"]) > 0  # another thread draws random weights as usual
     assert _kernel_sum(_dense()) > 0  # and so does everything after
+
+
+def _file_of(address: int) -> str | None:
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            if start <= address < end:
+                return fields[5].strip() if len(fields) == 6 else None
+    return None
+
+
+@pytest.mark.parametrize("case", ["writable", "not a directory", "disk full"])
+def test_weights_in_files_hold_the_same_values_and_only_torch_maps_them(tmp_path, monkeypatch, case):
+    """Inside `weights_in_files`, torch maps a large weight from an unlinked file in the directory;
+    other backends, small weights, a directory that cannot be made and a full disk load into memory."""
+    import errno
+
+    from keras import ops
+
+    from gemma_keras.backend import no_init
+
+    writable = case == "writable"
+    directory = tmp_path / "paged"
+    if case == "not a directory":
+        (tmp_path / "a-file").write_text("not a directory")
+        directory = tmp_path / "a-file" / "paged"
+    if case == "disk full":
+
+        def full(fd, offset, size):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(no_init.os, "posix_fallocate", full)
+    big, small = np.arange(256 * 128, dtype="float32").reshape(256, 128), np.arange(8, dtype="float32")
+
+    def deferred(array):
+        return Deferred(array.shape, array.dtype, lambda out: out.__setitem__(..., array))
+
+    with weights_in_files(directory), weights_follow():
+        import keras
+
+        layer = keras.layers.Dense(128)
+        layer.build((None, 256))
+        layer.kernel.assign(deferred(big))
+        layer.bias.assign(deferred(np.resize(small, 128)))
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), big)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.bias), np.resize(small, 128))
+    if BACKEND == "torch":
+        where = _file_of(layer.kernel.value.data_ptr()) or ""
+        assert (str(directory) in where) == writable, where
+        assert str(directory) not in (_file_of(layer.bias.value.data_ptr()) or "")  # 512 bytes: memory
+        layer.kernel.assign(big * 2)  # an ordinary variable: a write copies the page it changes
+        np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), big * 2)
 
 
 @pytest.mark.parametrize("arch", ["gemma", "gemma2", "gemma3"])
@@ -87,7 +140,7 @@ LOAD_PEAK = """
 import os, sys
 import numpy as np
 import keras
-from gemma_keras.backend.no_init import weights_follow
+from gemma_keras.backend.no_init import Deferred, weights_follow, weights_in_files
 
 path, follow = sys.argv[1], sys.argv[2] == "1"
 if not os.path.exists(path):  # the first run writes the file: one 256 MB kernel

@@ -235,7 +235,7 @@ def matmul_weights(path, arch) -> Iterator[tuple[str, GroupCodes]]:
     from gemma_keras.formats.tensor_names import BLOCK_TENSORS, TOP_TENSORS
 
     check_keeps_blocks(arch)
-    header = read_header(path)
+    header = read_header(path, values=False)  # the tensors only: 262k vocabulary strings skipped
     matmuls = {t.gguf: t.keras for t in BLOCK_TENSORS if t.layout != "norm"}
     gguf, layer, attribute, _ = TOP_TENSORS[0]  # the token embedding, also the tied output projection
     for tensor in header.tensors:

@@ -579,8 +579,9 @@ class TorchRunner:
             x = self._embed(embeddings, token_ids)
             x = self._layers(x, cache, index, positions, visible, distance, packing)
             x = self._rms(x if every_position else x[:, -1:, :], backbone.layer_norm)
-        output = self.packed_output if packing else None
         flat = x.reshape(-1, x.shape[-1])
+        # A prefill's last position too: packed, its product reads 4-bit blocks, not the float32 table.
+        output = self.packed_output if self.packed and flat.shape[0] <= PACKED_MAX_ROWS else None
         logits = (self._logits(flat, embeddings) if output is None else output(flat)).float()
         if self.final_cap is not None:
             logits = torch.tanh(logits / self.final_cap) * self.final_cap

@@ -41,7 +41,7 @@ from gemma_keras.backend.keras_hub_import import (
     keras_hub_with_tensorflow,
     without_tensorflow,
 )
-from gemma_keras.backend.no_init import weights_follow
+from gemma_keras.backend.no_init import weights_follow, weights_in_files
 from gemma_keras.backend.quiet import quiet_native_logs
 from gemma_keras.backend.selection import current_backend, ensure_backend
 from gemma_keras.errors import (
@@ -114,7 +114,9 @@ def load(
         check_quantize_mode(quantize, at_load=True)
     if quantize == GGUF_MODE:
         blocks = _gguf_file(source)  # before the slow load: a source with no blocks fails now
-        lm = _load(source, dtype, progress)
+        # torch multiplies by the blocks: its float32 weights stay on disk until something reads them.
+        with weights_in_files(cache.cache_dir() / "paged"):
+            lm = _load(source, dtype, progress)
         _report(progress, "packing the GGUF blocks", 0.95)
         lm._keep_gguf_blocks(blocks if blocks is not None else embedded_gguf(progress)[0])
         return lm
