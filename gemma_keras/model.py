@@ -45,7 +45,13 @@ from gemma_keras.generation.sampling import SamplingParams
 from gemma_keras.generation.speculative import DEFAULT_LOOKAHEAD, DraftStats, check_draft, speculative_decode
 from gemma_keras.generation.streaming import check_stop_strings
 from gemma_keras.generation.structured import json_constraint
-from gemma_keras.quantization import GGUF_MODE, check_quantize_mode, one_collection, quantization_config
+from gemma_keras.quantization import (
+    GGUF_MODE,
+    check_quantize_mode,
+    one_collection,
+    quantization_config,
+    rows_at_a_time,
+)
 from gemma_keras.training import lora
 from gemma_keras.training.config import FinetuneConfig
 from gemma_keras.training.loop import FinetuneResult, finetune, input_names
@@ -546,7 +552,7 @@ class Gemma:
         if self.info.quantization is not None:
             raise UnsupportedModelError(f"The model is already quantized ({self.info.quantization}).")
         try:
-            with warnings.catch_warnings(), one_collection():
+            with warnings.catch_warnings(), one_collection(), rows_at_a_time():
                 # Keras warns once per layer kind it skips (norms, RoPE, dropout).
                 warnings.filterwarnings("ignore", message=r"Layer .* does not have a `quantize` method")
                 self.backbone.quantize(config=quantization_config(mode))

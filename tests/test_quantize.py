@@ -143,6 +143,39 @@ def test_quantize_collects_garbage_once_not_once_per_layer(fresh_model, monkeypa
     assert len(calls) == 2  # and gc.collect is ours again
 
 
+def test_a_large_table_quantized_in_blocks_of_rows_gives_keras_bytes(monkeypatch):
+    """`rows_at_a_time` runs Keras' NumPy quantizer over blocks of rows: the same int8 codes and scales
+    as Keras' whole-table pass, with temporaries of one block."""
+    from keras import ops
+    from keras.quantizers import AbsMaxQuantizer
+    from keras.src.quantizers import quantizers
+
+    import gemma_keras.quantization as quantization
+
+    monkeypatch.setattr(quantization, "_QUANTIZE_ROWS", 1000)
+    rng = np.random.default_rng(0)
+    table = (rng.standard_normal((4500, 48)) * rng.uniform(0.01, 3.0, (4500, 1))).astype("float32")
+    table[7] = 0.0  # a row of zeros: the scale's epsilon
+    quantizer = AbsMaxQuantizer(axis=-1)
+    whole = [ops.convert_to_numpy(a) for a in quantizer(table, to_numpy=True)]
+    keras_own, calls = quantizers.abs_max_quantize, []
+    with quantization.rows_at_a_time():
+        blocked = quantizers.abs_max_quantize
+        assert blocked is not keras_own
+        quantizers.abs_max_quantize = lambda *a: calls.append(a) or blocked(*a)
+        try:
+            blocks = [ops.convert_to_numpy(a) for a in quantizer(table, to_numpy=True)]
+            small = [ops.convert_to_numpy(a) for a in quantizer(table[:999], to_numpy=True)]
+        finally:
+            quantizers.abs_max_quantize = blocked
+    assert len(calls) == 2, "Keras' quantizer did not go through the module's function"
+    assert quantizers.abs_max_quantize is keras_own  # restored on the way out
+    for want, got in zip(whole, blocks, strict=True):
+        assert want.dtype == got.dtype and want.shape == got.shape
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(small[0], whole[0][:999])
+
+
 def test_quantizing_twice_is_refused(fresh_model):
     fresh_model.quantize("int8")
     with pytest.raises(gk.UnsupportedModelError, match=r"already quantized \(int8\)"):
