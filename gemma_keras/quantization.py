@@ -29,8 +29,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 from gemma_keras.errors import GenerationArgumentError
 
 QUANTIZE_MODES = ("int8", "int4", "int8-activations")
@@ -102,6 +100,7 @@ def rows_at_a_time() -> Iterator[None]:
     640 table, and quantizing the 270M to int8 peaked at 4.0 GB. Per-row scales make each row's result
     independent of the others, so the same operations over blocks of rows give the same bytes.
     """
+    import numpy as np
     from keras.src.quantizers import quantizers
 
     whole = quantizers.abs_max_quantize
