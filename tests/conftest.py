@@ -111,3 +111,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def mapped_file(address: int) -> str | None:
+    """The file on disk whose mapping holds `address` in this process, or None (anonymous memory)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            if start <= address < end:
+                path = fields[5].strip() if len(fields) == 6 else ""
+                return path if path.startswith("/") and not path.startswith("/dev/") else None
+    return None

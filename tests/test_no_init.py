@@ -13,7 +13,7 @@ import pytest
 import gemma_keras as gk
 from gemma_keras.backend.no_init import Deferred, weights_follow, weights_in_files
 from gemma_keras.formats.tensor_names import fill_backbone, read_backbone
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, mapped_file
 
 
 def _kernel_sum(layer) -> float:
@@ -40,16 +40,6 @@ def test_weights_start_at_zero_only_inside_and_only_in_that_thread():
     assert _kernel_sum(inside) == 0
     assert _kernel_sum(seen["other"]) > 0  # another thread draws random weights as usual
     assert _kernel_sum(_dense()) > 0  # and so does everything after
-
-
-def _file_of(address: int) -> str | None:
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, end = (int(a, 16) for a in fields[0].split("-"))
-            if start <= address < end:
-                return fields[5].strip() if len(fields) == 6 else None
-    return None
 
 
 @pytest.mark.parametrize("case", ["writable", "not a directory", "disk full"])
@@ -88,9 +78,9 @@ def test_weights_in_files_hold_the_same_values_and_only_torch_maps_them(tmp_path
     np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), big)
     np.testing.assert_array_equal(ops.convert_to_numpy(layer.bias), np.resize(small, 128))
     if BACKEND == "torch":
-        where = _file_of(layer.kernel.value.data_ptr()) or ""
+        where = mapped_file(layer.kernel.value.data_ptr()) or ""
         assert (str(directory) in where) == writable, where
-        assert str(directory) not in (_file_of(layer.bias.value.data_ptr()) or "")  # 512 bytes: memory
+        assert str(directory) not in (mapped_file(layer.bias.value.data_ptr()) or "")  # 512 bytes: memory
         layer.kernel.assign(big * 2)  # an ordinary variable: a write copies the page it changes
         np.testing.assert_array_equal(ops.convert_to_numpy(layer.kernel), big * 2)
 

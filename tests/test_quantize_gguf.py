@@ -11,7 +11,7 @@ import pytest
 
 import gemma_keras as gk
 from gemma_keras.errors import GenerationArgumentError, ModelNotFoundError, SourceError, UnsupportedModelError
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, mapped_file
 
 CASES = [
     ("gemma3", "Q8_0", {}),
@@ -56,27 +56,12 @@ def test_kept_blocks_give_float32_logits(tiny_gguf, architecture, qtype, config)
     assert "".join(lm.stream("hello", max_new_tokens=6, stop_token_ids=())) == text
 
 
-def _mapped_files() -> list[tuple[int, int, str]]:
-    """The process's mappings of files on disk: (start, end, path); not anonymous shared memory."""
-    found = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].startswith("/") and not fields[5].startswith("/dev/"):
-                start, end = (int(a, 16) for a in fields[0].split("-"))
-                found.append((start, end, fields[5].strip()))
-    return found
-
-
 def _assert_on_disk(lm, directory: Path) -> None:
     """torch kept blocks: the embedding and every projection kernel are mapped from files in `directory`."""
-    mapped = _mapped_files()
+    from gemma_keras.backend.no_init import _FILE_MIN_BYTES
 
     def where(variable) -> str | None:
-        address = variable.value.data_ptr()
-        return next((path for start, end, path in mapped if start <= address < end), None)
-
-    from gemma_keras.backend.no_init import _FILE_MIN_BYTES
+        return mapped_file(variable.value.data_ptr())
 
     big = [v for v in lm.backbone.weights if np.prod(v.shape) * 4 >= _FILE_MIN_BYTES]
     assert big, "the tiny model has no weight large enough to page"
