@@ -256,7 +256,11 @@ def test_the_cli_keeps_blocks(tiny_gguf, capsys):
         "--quantize",
         "gguf",
     ]
-    assert cli.main(args) == 0
+    if BACKEND == "torch":
+        assert cli.main(args) == 0
+    else:  # the CLI says that the blocks buy nothing here
+        with pytest.warns(UserWarning, match="torch's CPU kernel only"):
+            assert cli.main(args) == 0
     assert capsys.readouterr().out == expected + "\n"
     serve = ["serve", str(path), "--quantize", "gguf", "--adapters", str(path)]
     assert cli.main(serve) == 2
