@@ -157,7 +157,7 @@ def _torch_zeros(shape, dtype=None):
 
     kind = getattr(torch, keras.backend.standardize_dtype(dtype or "float32"))
     count = int(np.prod(shape, dtype=np.int64))
-    raw = _fresh_pages((count * torch.empty((), dtype=kind).element_size(),), np.uint8)
+    raw = _fresh_pages((count * kind.itemsize,), np.uint8)
     return torch.from_numpy(raw).view(kind).reshape(tuple(shape))
 
 
