@@ -69,12 +69,33 @@ def test_models_and_health(server, client):
     assert response.status_code == 200 and response.json() == {"status": "ready"}
 
 
-def test_warm_up_compiles_the_calls_over_a_whole_cache(server, lm):
-    """Runs before any request: what is compiled now came from the warm-up."""
+def test_requests_that_fit_the_warm_up_compile_nothing(server, client, lm, capsys):
+    """After the warm-up, requests within what it compiled (prompts of up to 128 tokens, the default
+    budget, greedy or sampled, alone or joining a batch) compile nothing; a longer prompt does, and the
+    server counts and logs it."""
     runner = lm.runner
-    if not getattr(runner, "spans", False):
-        pytest.skip("this backend's runner attends over the whole cache in every call")
-    assert {("greedy_chunk", 256), ("greedy_chunk", None), ("forward", None)} <= set(runner._compiled)
+    if not runner.compiles:
+        pytest.skip("this backend's runner runs eagerly: it compiles nothing")
+    traces = runner.trace_count
+    chat = client.chat.completions.create(model=name(server), messages=[{"role": "user", "content": "hi"}])
+    assert chat.usage.completion_tokens > 0
+
+    def complete(i: int) -> None:
+        prompt = ("the world and " * 10)[: (5, 40, 90, 120)[i]]
+        client.completions.create(model=name(server), prompt=prompt, temperature=(0.0, 1.0)[i % 2], seed=i)
+
+    threads = [threading.Thread(target=complete, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert runner.trace_count == traces
+    assert server.state.metrics.late_compiles._value.get() == 0
+
+    client.completions.create(model=name(server), prompt="a" * 200, max_tokens=2)
+    assert runner.trace_count > traces
+    assert server.state.metrics.late_compiles._value.get() > 0
+    assert "new shape(s) while serving" in capsys.readouterr().err
 
 
 def test_completion_matches_generate(server, client, lm):
@@ -160,9 +181,9 @@ def test_requests_that_arrive_together_join_in_one_prefill(lm, monkeypatch):
     groups: list[int] = []
     join_all = decode.Batch.join_all
 
-    def recorded(batch, requests):
+    def recorded(batch, requests, width=0):
         groups.append(len(requests))
-        return join_all(batch, requests)
+        return join_all(batch, requests, width)
 
     monkeypatch.setattr(decode.Batch, "join_all", recorded)
     engine = Engine(lm.runner, lm.tokenizer.pad_id, lm.tokenizer.decode, lm.info.context_length, max_batch=4)
@@ -192,7 +213,7 @@ def test_requests_that_arrive_together_join_in_one_prefill(lm, monkeypatch):
             assert event.wait(WAIT)
     finally:
         engine.stop()
-    assert groups == [3]
+    assert groups == [1, 3]  # the first request's batch, then the three that joined it
     for i, prompt in enumerate(PROMPTS[:4]):
         assert "".join(texts[i]) == lm.generate(prompt, max_new_tokens=budgets[i]), i
 
@@ -449,7 +470,10 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(tiny_gguf, tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gemma_keras.cli", "serve", str(path), "--port", str(port), "--grace", "60"],
+        [
+            *(sys.executable, "-m", "gemma_keras.cli", "serve", str(path)),
+            *("--port", str(port), "--grace", "60", "--max-batch", "1"),  # one request: a short warm-up
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

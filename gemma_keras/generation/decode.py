@@ -303,13 +303,15 @@ class Batch:
         rows, events = self.join_all([request])
         return rows[0], events
 
-    def join_all(self, requests: Sequence[Request]) -> tuple[list[int], list[Event]]:
+    def join_all(self, requests: Sequence[Request], width: int = 0) -> tuple[list[int], list[Event]]:
         """Adds a row per request, each prompt ending at the current position; returns the rows and events.
 
-        The prompts are prefilled together, left-padded to one bucket (so
-        compiled prefills are reused), in a cache of this batch's length, and
-        then copied into their rows: requests that arrive together pay for one
-        pass over the weights, not one each.
+        The prompts are prefilled together, left-padded to one bucket (or to
+        `width`, when that is wider and fits before the position), in a cache
+        of this batch's length, and then copied into their rows: requests
+        that arrive together pay for one pass over the weights, not one each.
+        The prefill attends over the whole cache (`Runner.forward`'s
+        `whole`), so its compiled shape does not depend on the position.
         """
         for request in requests:
             request.check(self.runner.vocab_size)
@@ -323,15 +325,20 @@ class Batch:
                 )
         rows = free[: len(requests)]
         padded = max(prompt_bucket(len(r.prompt)) for r in requests)
+        if padded < width <= self.index:
+            padded = width
         together = Batch(self.runner, bucket(len(requests), 1), self.length, self.pad_id, self.detokenize)
         tokens = np.full((together.size, padded), self.pad_id, dtype=np.int32)
         for i, request in enumerate(requests):
             tokens[i, padded - len(request.prompt) :] = request.prompt
             together.mask[i, self.index - len(request.prompt) :] = 1
         logits, together.cache = self.runner.forward(
-            tokens, together._runner_mask(), together.cache, self.index - padded
+            tokens, together._runner_mask(), together.cache, self.index - padded, whole=True
         )
-        self.cache = self.runner.copy_rows(self.cache, rows, together.cache, list(range(len(requests))))
+        if together.size == self.size and not self.active:  # a new batch: its rows are these, in order
+            self.cache = together.cache
+        else:
+            self.cache = self.runner.copy_rows(self.cache, rows, together.cache, list(range(len(requests))))
         events: list[Event] = []
         for i, (row, request) in enumerate(zip(rows, requests, strict=True)):
             state = self._place(row, request, self.index - len(request.prompt))

@@ -383,28 +383,30 @@ class KerasRunner:
         span = max(MIN_SPAN, 1 << (max(reach, 1) - 1).bit_length())
         return span if span * 2 <= length else None
 
-    def _in_pieces(self, name: str, token_ids, mask, cache, index: int):
+    def _in_pieces(self, name: str, token_ids, mask, cache, index: int, whole: bool = False):
         """`_call`, over pieces of `prefill_chunk` positions when the feed is wider than that.
 
         Each piece is one compiled call, and its attention scores span
         `piece x cache length`, not `prompt x cache length`. Long prompts are
         bucketed to multiples of 512 (`decode.prompt_bucket`), so the pieces
-        share a few compiled shapes.
+        share a few compiled shapes. `whole`: every piece attends over the
+        whole cache, so that its compiled shape does not depend on `index`.
         """
         token_ids = np.asarray(token_ids)
         step, width = self.prefill_chunk, token_ids.shape[1]
         if not step or width <= step:
-            return self._call(name, token_ids, mask, cache, index, index + width)
+            return self._call(name, token_ids, mask, cache, index, None if whole else index + width)
         outs = []
         for start in range(0, width, step):
             piece = token_ids[:, start : start + step]
-            out, cache = self._call(name, piece, mask, cache, index + start, index + start + piece.shape[1])
+            reach = None if whole else index + start + piece.shape[1]
+            out, cache = self._call(name, piece, mask, cache, index + start, reach)
             outs.append(out)
         return (np.concatenate(outs, axis=1) if name == "forward_all" else outs[-1]), cache
 
-    def forward(self, token_ids, mask, cache, index: int):
-        """A forward pass: returns `(last-position logits as numpy, cache)`."""
-        return self._in_pieces("forward", token_ids, mask, cache, index)
+    def forward(self, token_ids, mask, cache, index: int, whole: bool = False):
+        """A forward pass: returns `(last-position logits as numpy, cache)`; `whole` as `_in_pieces`."""
+        return self._in_pieces("forward", token_ids, mask, cache, index, whole)
 
     def forward_all(self, token_ids, mask, cache, index: int):
         """A forward pass: returns `(logits after every fed token (rows, t, vocab), cache)`."""

@@ -65,8 +65,15 @@ class Runner(Protocol):
     def prepare_mask(self, padding_mask: np.ndarray) -> Any:
         """The `(rows, length)` 0/1 mask in the runner's own form, made once per change."""
 
-    def forward(self, token_ids: np.ndarray, mask: Any, cache: Any, index: int) -> tuple[np.ndarray, Any]:
-        """Feeds `(rows, t)` tokens at `index`; returns float32 logits after the last one, and the cache."""
+    def forward(
+        self, token_ids: np.ndarray, mask: Any, cache: Any, index: int, whole: bool = False
+    ) -> tuple[np.ndarray, Any]:
+        """Feeds `(rows, t)` tokens at `index`; returns float32 logits after the last one, and the cache.
+
+        `whole`: attend over every cache position, even where a runner with
+        `spans` would attend over the first ones only, so that the call's
+        compiled shape is the same at any `index` (a server joins rows at any).
+        """
 
     def forward_at(
         self, token_ids: np.ndarray, mask: Any, cache: Any, index: int, last: int

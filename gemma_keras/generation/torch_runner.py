@@ -392,8 +392,11 @@ class TorchRunner:
 
             return [(longer(k), longer(v)) for k, v in cache]
 
-    def forward(self, token_ids, mask, cache, index: int, every_position: bool = False):
+    def forward(self, token_ids, mask, cache, index: int, whole: bool = False, every_position: bool = False):
         """Numpy tokens in, float32 numpy logits (after the last token, or after each) out.
+
+        `whole` changes nothing here: eager calls compile nothing, and attend
+        over the written positions only.
 
         Prompts longer than `PREFILL_CHUNK` run in chunks of that
         many positions, one after another: attention scores then take

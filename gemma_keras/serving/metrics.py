@@ -46,6 +46,12 @@ class Metrics:
             registry=r,
         )
 
+        self.late_compiles = Counter(
+            "gemma_keras_compiles_after_ready",
+            "Model shapes compiled while serving, after the warm-up (each stalls the batch seconds)",
+            registry=r,
+        )
+
     def engine_state(self, active: int, waiting: int) -> None:
         self.active_rows.set(active)
         self.queue_depth.set(waiting)

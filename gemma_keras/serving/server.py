@@ -18,13 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import uvicorn
 
-from gemma_keras.generation.decode import Batch, Request
-from gemma_keras.generation.sampling import SamplingParams
+from gemma_keras.generation.decode import cache_bucket
 from gemma_keras.serving.app import ServerState, make_app
-from gemma_keras.serving.engine import Engine, Job
+from gemma_keras.serving.engine import DEFAULT_RESERVE, Engine
 
 
 def model_name(lm) -> str:
@@ -36,49 +34,16 @@ def model_name(lm) -> str:
     return name.removesuffix(".gguf") or source
 
 
-def warm_up(engine: Engine, lm, rows: int) -> None:
-    """Compiles what serving runs before `/health` says ready: for each batch size up to `rows`
-    (powers of two), a batch of that many greedy rows (prefill, greedy chunks) and of sampled rows
-    (single steps), and the decode calls over a whole cache (`_compile_whole_cache`)."""
-    prompt = lm.tokenizer.encode("Hello", add_bos=True)
-    done = threading.Semaphore(0)
-
-    def deliver(item: Any) -> None:
-        if isinstance(item, BaseException) or item.finish_reason is not None:
-            done.release()
-
+def warm_up(engine: Engine, rows: int) -> None:
+    """Compiles what serving runs before `/health` says ready: `Engine.warm_up` for each batch size up
+    to `rows` (powers of two). After it, requests whose prompt and budget fit in the engine's
+    `min_length` compile nothing; others do, and `on_compile` reports it."""
     size = 1
     while True:
-        for sampling, tokens in (
-            (SamplingParams(), max(engine.runner.chunk, 1) + 2),
-            (SamplingParams(1.0, seed=0), 2),
-        ):
-            jobs = [Job(Request(prompt, tokens, sampling), deliver) for _ in range(size)]
-            engine.submit(jobs)
-            for _ in jobs:
-                done.acquire()
-        _compile_whole_cache(engine, size)
+        engine.warm_up(size)
         if size >= rows:
             break
         size = min(size * 2, rows)
-
-
-def _compile_whole_cache(engine: Engine, rows: int) -> None:
-    """Compiles a greedy chunk and a single step over all of a batch's `min_length` cache positions.
-
-    A runner that attends over spans of the cache (`KerasRunner._span`) runs
-    the warm-up's rows over the first half of it; rows that decode past the
-    half need these. They run on an empty cache, while no request is admitted.
-    """
-    runner = engine.runner
-    if not runner.spans:
-        return
-    batch = Batch(runner, rows, engine.min_length, engine.pad_id)
-    mask = runner.prepare_mask(np.ones((batch.size, batch.length), np.int32))
-    feed = np.full((batch.size, 1), engine.pad_id, np.int32)
-    half = batch.length // 2
-    _, cache = runner.greedy_chunk(feed, mask, batch.cache, half)
-    runner.forward(feed, mask, cache, half)  # the chunk's cache: the compiled calls donate their input
 
 
 def _log(message: str) -> None:
@@ -166,6 +131,9 @@ class Server:
             started = time.monotonic()
             lm = self.loader()
             self.state.model_name = self.name or model_name(lm)
+            # A request that sets no `max_tokens` gets the default; its batch's cache is the one the
+            # warm-up compiles for.
+            budget = DEFAULT_RESERVE + self.state.default_max_tokens + max(lm.runner.chunk, 1)
             engine = Engine(
                 lm.runner,
                 lm.tokenizer.pad_id,
@@ -173,17 +141,27 @@ class Server:
                 lm.info.context_length,
                 max_batch=self.max_batch,
                 max_queue=self.max_queue,
+                min_length=cache_bucket(budget),
                 on_step=self.state.metrics.engine_state,
+                on_compile=self._compiled_late,
             )
+            warm_up(engine, self.max_batch)
             engine.start()
             self.state.lm, self.state.engine = lm, engine
-            warm_up(engine, lm, self.max_batch)
             self.state.ready = True
             _log(f"ready: {self.state.model_name} in {time.monotonic() - started:.1f} s")
         except BaseException as exc:  # noqa: BLE001 - /health reports it, then `run` raises it
             self.state.load_error = f"{type(exc).__name__}: {exc}"
             self.load_exception = exc
             self.uvicorn.should_exit = True  # an orchestrator restarts or reports a process that ends
+
+    def _compiled_late(self, traces: int, seconds: float, shapes: str) -> None:
+        self.state.metrics.late_compiles.inc(traces)
+        _log(
+            f"compiled {traces} new shape(s) while serving, in {seconds:.1f} s ({shapes}): a request "
+            f"longer than the warmed {self.state.engine.min_length} positions, or a prompt over "
+            f"{DEFAULT_RESERVE} tokens, compiles at first use (docs/serving.md, Warm-up)."
+        )
 
     def run(self) -> int:
         """Serves until SIGTERM or SIGINT; returns 0 after a graceful stop.
