@@ -200,6 +200,12 @@ class _Row:
         return events
 
 
+def _slots(runner: Runner, rows: int) -> int:
+    """`rows` rounded up to a multiple of the runner's `batch_multiple`."""
+    multiple = max(1, runner.batch_multiple)
+    return -(-rows // multiple) * multiple
+
+
 class Batch:
     """Rows that decode together over one KV cache of `length` positions.
 
@@ -219,9 +225,8 @@ class Batch:
         pad_id: int = 0,
         detokenize: Detokenize | None = None,
     ):
-        multiple = max(1, runner.batch_multiple)
         self.runner = runner
-        self.size = -(-rows // multiple) * multiple
+        self.size = _slots(runner, rows)
         self.length = length
         self.pad_id = pad_id
         self.detokenize = detokenize
@@ -327,17 +332,21 @@ class Batch:
         padded = max(prompt_bucket(len(r.prompt)) for r in requests)
         if padded < width <= self.index:
             padded = width
-        together = Batch(self.runner, bucket(len(requests), 1), self.length, self.pad_id, self.detokenize)
+        # A batch with no active rows, of the size these requests round up to, takes them in its own
+        # cache: no second cache to allocate and copy from.
+        size = _slots(self.runner, bucket(len(requests), 1))
+        together = self if not self.active and self.size == size else None
+        if together is None:
+            together = Batch(self.runner, size, self.length, self.pad_id, self.detokenize)
         tokens = np.full((together.size, padded), self.pad_id, dtype=np.int32)
+        together.mask[:], together._mask = 0, None
         for i, request in enumerate(requests):
             tokens[i, padded - len(request.prompt) :] = request.prompt
             together.mask[i, self.index - len(request.prompt) :] = 1
         logits, together.cache = self.runner.forward(
             tokens, together._runner_mask(), together.cache, self.index - padded, whole=True
         )
-        if together.size == self.size and not self.active:  # a new batch: its rows are these, in order
-            self.cache = together.cache
-        else:
+        if together is not self:
             self.cache = self.runner.copy_rows(self.cache, rows, together.cache, list(range(len(requests))))
         events: list[Event] = []
         for i, (row, request) in enumerate(zip(rows, requests, strict=True)):
@@ -353,8 +362,7 @@ class Batch:
         active row's cache is copied whole; nothing is recomputed.
         """
         active = self.active
-        multiple = max(1, self.runner.batch_multiple)
-        size = -(-max(rows, len(active), 1) // multiple) * multiple
+        size = _slots(self.runner, max(rows, len(active), 1))
         cache = self.runner.select_rows(self.cache, active, size)
         mask = np.zeros((size, self.length), dtype=np.int32)
         moved = {}

@@ -262,7 +262,8 @@ class Engine:
     def _width(self, requests: list[Request]) -> int:
         """The width prompts are padded to: `SHORT_PROMPT` or `reserve` when they fit, else their bucket."""
         longest = max(len(r.prompt) for r in requests)
-        return next((w for w in (SHORT_PROMPT, self.reserve) if longest <= w), prompt_bucket(longest))
+        fits = [w for w in (SHORT_PROMPT, self.reserve) if longest <= w]
+        return max(fits[:1] + [prompt_bucket(longest)])
 
     def _new_batch(self, requests: list[Request]) -> tuple[Batch, list[int], list[Event]]:
         """A batch whose prompts end at `reserve` (or after the longest), joined as a batch's rows join.
@@ -273,15 +274,18 @@ class Engine:
         is room after the current position); a short context caps it, as no
         row may be longer anyway.
         """
-        width = self._width(requests)
         reserve, length = self.reserve, self.min_length
-        if self.context_length is not None:
-            reserve = min(reserve, self.context_length - max(r.max_new_tokens for r in requests))
-            length = min(length, bucket(self.context_length, 128))
-        end = max(reserve, width, prompt_bucket(max(len(r.prompt) for r in requests)))
         budget = max(r.max_new_tokens for r in requests)
-        # Room for a greedy chunk that runs past the last token asked for.
-        length = cache_bucket(max(end + budget + max(self.runner.chunk, 1), length))
+        if self.context_length is not None:
+            reserve = min(reserve, self.context_length - budget)
+            length = min(length, bucket(self.context_length, 128))
+        padded, width = prompt_bucket(max(len(r.prompt) for r in requests)), self._width(requests)
+        if width > max(reserve, padded):  # a short context leaves no room to pad into
+            width = padded
+        end = max(reserve, width)
+        needed = end + budget + max(self.runner.chunk, 1)  # a greedy chunk may run past the budget
+        if needed > length:
+            length = cache_bucket(needed)
         batch = Batch(self.runner, bucket(len(requests), 1), length, self.pad_id, self.detokenize)
         batch.index = end
         rows, events = batch.join_all(requests, width)

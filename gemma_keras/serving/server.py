@@ -20,9 +20,11 @@ from typing import Any
 
 import uvicorn
 
-from gemma_keras.generation.decode import cache_bucket
 from gemma_keras.serving.app import ServerState, make_app
 from gemma_keras.serving.engine import DEFAULT_RESERVE, Engine
+
+# The serving cache length is a multiple of this: 768 positions hold the default request (656).
+CACHE_MULTIPLE = 128
 
 
 def model_name(lm) -> str:
@@ -35,15 +37,16 @@ def model_name(lm) -> str:
 
 
 def warm_up(engine: Engine, rows: int) -> None:
-    """Compiles what serving runs before `/health` says ready: `Engine.warm_up` for each batch size up
-    to `rows` (powers of two). After it, requests whose prompt and budget fit in the engine's
-    `min_length` compile nothing; others do, and `on_compile` reports it."""
+    """Compiles what serving runs before `/health` says ready: `Engine.warm_up` for each batch size the
+    engine uses for up to `rows` rows (powers of two: 6 rows decode as 8). After it, requests whose
+    prompt and budget fit in the engine's `min_length` compile nothing; others do, and `on_compile`
+    reports it."""
     size = 1
     while True:
         engine.warm_up(size)
         if size >= rows:
             break
-        size = min(size * 2, rows)
+        size *= 2
 
 
 def _log(message: str) -> None:
@@ -132,8 +135,10 @@ class Server:
             lm = self.loader()
             self.state.model_name = self.name or model_name(lm)
             # A request that sets no `max_tokens` gets the default; its batch's cache is the one the
-            # warm-up compiles for.
+            # warm-up compiles for, no longer than that needs: TensorFlow copies a batch's whole cache
+            # at each call, and a call past the cache's first half attends over all of it.
             budget = DEFAULT_RESERVE + self.state.default_max_tokens + max(lm.runner.chunk, 1)
+            length = -(-budget // CACHE_MULTIPLE) * CACHE_MULTIPLE
             engine = Engine(
                 lm.runner,
                 lm.tokenizer.pad_id,
@@ -141,7 +146,7 @@ class Server:
                 lm.info.context_length,
                 max_batch=self.max_batch,
                 max_queue=self.max_queue,
-                min_length=cache_bucket(budget),
+                min_length=length,
                 on_step=self.state.metrics.engine_state,
                 on_compile=self._compiled_late,
             )
