@@ -45,7 +45,6 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
-
         self.late_compiles = Counter(
             "gemma_keras_compiles_after_ready",
             "Model shapes compiled while serving, after the warm-up (each stalls the batch seconds)",
