@@ -15,6 +15,11 @@ def bucket(n: int, minimum: int) -> int:
     return size
 
 
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= `n`."""
+    return -(-n // multiple) * multiple
+
+
 def long_bucket(n: int, minimum: int, step: int) -> int:
     """`bucket(n, minimum)` up to `step`; past it, the smallest multiple of `step` that is >= `n`.
 
@@ -23,4 +28,4 @@ def long_bucket(n: int, minimum: int, step: int) -> int:
     prompt a 16,384-position cache, and a compiled runner attends over every
     position of its cache. `step` is a power-of-two multiple of `minimum`.
     """
-    return bucket(n, minimum) if n <= step else -(-n // step) * step
+    return bucket(n, minimum) if n <= step else round_up(n, step)

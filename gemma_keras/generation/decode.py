@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gemma_keras.buckets import bucket, long_bucket
+from gemma_keras.buckets import bucket, long_bucket, round_up
 from gemma_keras.checks import is_integer, positive_int
 from gemma_keras.errors import GenerationArgumentError, GenerationError
 from gemma_keras.generation.runner import Runner
@@ -202,8 +202,7 @@ class _Row:
 
 def _slots(runner: Runner, rows: int) -> int:
     """`rows` rounded up to a multiple of the runner's `batch_multiple`."""
-    multiple = max(1, runner.batch_multiple)
-    return -(-rows // multiple) * multiple
+    return round_up(rows, max(1, runner.batch_multiple))
 
 
 class Batch:

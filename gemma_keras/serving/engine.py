@@ -183,10 +183,10 @@ class Engine:
             for _ in range(ADMIT_ROUNDS):
                 if not self._admit():
                     break
-            shapes = ", ".join(f"{r.batch.size} rows x {r.batch.length} positions" for r in self._running)
             for running in list(self._running):
                 self._step(running)
-            if self._traces() > traces:
+            if self._traces() > traces:  # the batches' shapes are described only then: steps are hot
+                shapes = ", ".join(f"{r.batch.size} rows x {r.batch.length} positions" for r in self._running)
                 self.on_compile(self._traces() - traces, time.monotonic() - started, shapes)
             self._running = [r for r in self._running if r.batch.active]
             self.on_step(self.active_rows, len(self._waiting))

@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from gemma_keras.buckets import round_up
 from gemma_keras.serving.app import ServerState, make_app
 from gemma_keras.serving.engine import DEFAULT_RESERVE, Engine
 
@@ -138,7 +139,7 @@ class Server:
             # warm-up compiles for, no longer than that needs: TensorFlow copies a batch's whole cache
             # at each call, and a call past the cache's first half attends over all of it.
             budget = DEFAULT_RESERVE + self.state.default_max_tokens + max(lm.runner.chunk, 1)
-            length = -(-budget // CACHE_MULTIPLE) * CACHE_MULTIPLE
+            length = round_up(budget, CACHE_MULTIPLE)
             engine = Engine(
                 lm.runner,
                 lm.tokenizer.pad_id,
